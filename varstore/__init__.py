@@ -1,0 +1,96 @@
+"""varstore: TensorFlow 1.x style variables, initialization and saving for JAX.
+
+>>> import varstore as vs
+>>> weights = vs.Variable(vs.random_normal([784, 200], stddev=0.35), name="weights")
+>>> store = vs.initialize_all_variables()(jax.random.key(0))
+"""
+
+from ._config import config as config
+from ._errors import CheckpointError as CheckpointError
+from ._errors import GraphError as GraphError
+from ._errors import InitializationError as InitializationError
+from ._errors import InvalidNameError as InvalidNameError
+from ._errors import NotFoundError as NotFoundError
+from ._errors import PlacementError as PlacementError
+from ._errors import ShapeError as ShapeError
+from ._errors import UninitializedError as UninitializedError
+from ._errors import VarStoreError as VarStoreError
+from ._expr import Expr as Expr
+from ._expr import apply as apply
+from ._expr import constant as constant
+from ._expr import fill as fill
+from ._expr import glorot_normal as glorot_normal
+from ._expr import glorot_uniform as glorot_uniform
+from ._expr import ones as ones
+from ._expr import random_normal as random_normal
+from ._expr import random_uniform as random_uniform
+from ._expr import truncated_normal as truncated_normal
+from ._expr import zeros as zeros
+from ._graph import Graph as Graph
+from ._graph import GraphKeys as GraphKeys
+from ._graph import get_default_graph as get_default_graph
+from ._graph import global_variables as global_variables
+from ._graph import local_variables as local_variables
+from ._graph import name_scope as name_scope
+from ._graph import reset_default_graph as reset_default_graph
+from ._graph import trainable_variables as trainable_variables
+from ._init import Initializer as Initializer
+from ._init import global_variables_initializer as global_variables_initializer
+from ._init import initialize_all_variables as initialize_all_variables
+from ._init import initialize_variables as initialize_variables
+from ._init import variables_initializer as variables_initializer
+from ._placement import PlacementWarning as PlacementWarning
+from ._placement import device as device
+from ._placement import sharding_rules as sharding_rules
+from ._report import assert_variables_initialized as assert_variables_initialized
+from ._report import is_variable_initialized as is_variable_initialized
+from ._report import report_uninitialized_variables as report_uninitialized_variables
+from ._store import VarStore as VarStore
+from ._variable import Variable as Variable
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "CheckpointError",
+    "Expr",
+    "Graph",
+    "GraphError",
+    "GraphKeys",
+    "InitializationError",
+    "Initializer",
+    "InvalidNameError",
+    "NotFoundError",
+    "PlacementError",
+    "PlacementWarning",
+    "ShapeError",
+    "UninitializedError",
+    "VarStore",
+    "VarStoreError",
+    "Variable",
+    "apply",
+    "assert_variables_initialized",
+    "config",
+    "constant",
+    "device",
+    "fill",
+    "get_default_graph",
+    "global_variables",
+    "global_variables_initializer",
+    "glorot_normal",
+    "glorot_uniform",
+    "initialize_all_variables",
+    "initialize_variables",
+    "is_variable_initialized",
+    "local_variables",
+    "name_scope",
+    "ones",
+    "random_normal",
+    "random_uniform",
+    "report_uninitialized_variables",
+    "reset_default_graph",
+    "sharding_rules",
+    "trainable_variables",
+    "truncated_normal",
+    "variables_initializer",
+    "zeros",
+]
