@@ -101,7 +101,9 @@ class CheckpointState:
     last_preserved_timestamp: float | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "all_model_checkpoint_paths", tuple(self.all_model_checkpoint_paths))
+        object.__setattr__(
+            self, "all_model_checkpoint_paths", tuple(self.all_model_checkpoint_paths)
+        )
         object.__setattr__(
             self,
             "all_model_checkpoint_timestamps",
@@ -133,7 +135,9 @@ _SIMPLE_ESCAPES = {
     "a": b"\a", "b": b"\b", "f": b"\f", "n": b"\n", "r": b"\r", "t": b"\t",
     "v": b"\v", "\\": b"\\", "'": b"'", '"': b'"', "?": b"?",
 }  # fmt: skip
-_ESCAPE = re.compile(r"\\(?:([0-7]{1,3})|x([0-9a-fA-F]{1,2})|u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8})|(.))", re.S)
+_ESCAPE = re.compile(
+    r"\\(?:([0-7]{1,3})|x([0-9a-fA-F]{1,2})|u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8})|(.))", re.S
+)
 
 
 class _ParseError(Exception):
@@ -372,7 +376,9 @@ def _parse(text: str, path: str) -> CheckpointState:
     return CheckpointState(
         model_checkpoint_path=model[0],
         all_model_checkpoint_paths=tuple(strings["all_model_checkpoint_paths"]),
-        all_model_checkpoint_timestamps=tuple(v for v, _ in fields.get("all_model_checkpoint_timestamps", ())),
+        all_model_checkpoint_timestamps=tuple(
+            v for v, _ in fields.get("all_model_checkpoint_timestamps", ())
+        ),
         last_preserved_timestamp=preserved[0][0] if preserved else None,
     )
 
@@ -459,7 +465,8 @@ def _format(checkpoint_dir: str, state: CheckpointState, path: str) -> bytes:
         if not p:
             raise CheckpointError(
                 f"Cannot write checkpoint state file '{path}': a checkpoint path is empty. "
-                f"Pass the checkpoint prefixes (e.g. '{os.path.join(checkpoint_dir, 'model.ckpt-3')}')."
+                f"Pass the checkpoint prefixes "
+                f"(e.g. '{os.path.join(checkpoint_dir, 'model.ckpt-3')}')."
             )
         absolute = os.path.abspath(p)
         return os.path.relpath(absolute, directory) if _is_inside(directory, absolute) else absolute
@@ -490,7 +497,7 @@ def _format(checkpoint_dir: str, state: CheckpointState, path: str) -> bytes:
     except UnicodeEncodeError as err:
         raise CheckpointError(
             f"Cannot write checkpoint state file '{path}': a checkpoint path holds "
-            f"{text[err.start:err.end]!r}, which is not valid Unicode text (undecodable file "
+            f"{text[err.start : err.end]!r}, which is not valid Unicode text (undecodable file "
             f"name bytes). Rename the checkpoint directory or prefix."
         ) from None
 
@@ -630,4 +637,3 @@ def latest_checkpoint(
         return None
     path = resolve_checkpoint_path(checkpoint_dir, state.model_checkpoint_path, latest_filename)
     return path if exists(path) else None
-

@@ -431,8 +431,7 @@ def _block_entries(block: bytes, what: str) -> Iterator[tuple[bytes, bytes]]:
         restarts.discard(0)  # an empty block still has one restart point
     if restarts:
         raise _FormatError(
-            "%s has restart points that are not entry boundaries: %s"
-            % (what, sorted(restarts)[:5])
+            "%s has restart points that are not entry boundaries: %s" % (what, sorted(restarts)[:5])
         )
 
 
@@ -488,7 +487,9 @@ def _ordered_num_increasing(value: int) -> bytes:
 
 def _ordered_string(value: bytes) -> bytes:
     """OrderedCode::WriteString: escapes 0x00 and 0xff, appends the separator."""
-    escaped = re.sub(rb"[\x00\xff]", lambda m: b"\x00\xff" if m.group() == b"\x00" else b"\xff\x00", value)
+    escaped = re.sub(
+        rb"[\x00\xff]", lambda m: b"\x00\xff" if m.group() == b"\x00" else b"\xff\x00", value
+    )
     return escaped + b"\x00\x01"
 
 
@@ -503,7 +504,11 @@ def _ordered_signed_num_increasing(value: int) -> bytes:
 
 def _slice_key(name: bytes, extents: list[tuple[int, int]]) -> bytes:
     """checkpoint::EncodeTensorNameSlice. `extents` are (start, length or -1)."""
-    parts = [_ordered_num_increasing(0), _ordered_string(name), _ordered_num_increasing(len(extents))]
+    parts = [
+        _ordered_num_increasing(0),
+        _ordered_string(name),
+        _ordered_num_increasing(len(extents)),
+    ]
     for start, length in extents:
         parts.append(_ordered_signed_num_increasing(start))
         parts.append(_ordered_signed_num_increasing(length))
@@ -673,8 +678,10 @@ class TF1Bundle:
                 f"varstore reads little-endian checkpoints only. Load it with "
                 f"TensorFlow on any machine and save it again from a little-endian one."
             )
-        if producer < _BUNDLE_MIN_PRODUCER or min_consumer > _BUNDLE_VERSION or (
-            _BUNDLE_VERSION in bad_consumers
+        if (
+            producer < _BUNDLE_MIN_PRODUCER
+            or min_consumer > _BUNDLE_VERSION
+            or (_BUNDLE_VERSION in bad_consumers)
         ):
             raise CheckpointError(
                 f"TensorFlow checkpoint '{self.prefix}' has bundle format version "
@@ -692,7 +699,9 @@ class TF1Bundle:
             try:
                 entry = _parse_entry(self._raw[key])
             except _FormatError as err:
-                raise self._index_error(f"the entry of tensor '{name}' cannot be parsed ({err})") from None
+                raise self._index_error(
+                    f"the entry of tensor '{name}' cannot be parsed ({err})"
+                ) from None
             self._parsed[key] = entry
         return entry
 
@@ -804,8 +813,7 @@ class TF1Bundle:
             )
         if dtype == np.bool_ and expected_size and int(buf.max()) > 1:
             raise CheckpointError(
-                f"Data file '{path}': bool tensor '{what}' holds bytes other than 0 "
-                f"and 1. {_FIX}"
+                f"Data file '{path}': bool tensor '{what}' holds bytes other than 0 and 1. {_FIX}"
             )
         array = buf.view(dtype).reshape(shape)
         if sys.byteorder != "little" and dtype.itemsize > 1:  # pragma: no cover
@@ -830,7 +838,7 @@ class TF1Bundle:
                     f"of rank {len(extents)}"
                 )
             starts, stops, key_extents = [], [], []
-            for (start, length), dim in zip(extents, shape):
+            for (start, length), dim in zip(extents, shape, strict=True):
                 if length is None:
                     key_extents.append((start, -1))
                     start, length = 0, dim
@@ -845,8 +853,7 @@ class TF1Bundle:
                 stops.append(start + length)
             if all(length is None for _, length in extents):
                 raise self._index_error(
-                    f"partitioned tensor '{name}' lists a full slice; TensorFlow never "
-                    f"writes one"
+                    f"partitioned tensor '{name}' lists a full slice; TensorFlow never writes one"
                 )
             slice_key = _slice_key(key, key_extents)
             if slice_key not in self._raw:
@@ -854,9 +861,11 @@ class TF1Bundle:
                     f"slice '{spec}' of partitioned tensor '{name}' has no entry"
                 )
             slice_entry = self._entry(slice_key, what)
-            slice_shape = tuple(b - a for a, b in zip(starts, stops))
-            if slice_entry.slices or slice_entry.dtype_enum != entry.dtype_enum or (
-                slice_entry.shape != slice_shape
+            slice_shape = tuple(b - a for a, b in zip(starts, stops, strict=True))
+            if (
+                slice_entry.slices
+                or slice_entry.dtype_enum != entry.dtype_enum
+                or (slice_entry.shape != slice_shape)
             ):
                 raise self._index_error(
                     f"slice '{spec}' of partitioned tensor '{name}' is stored with "
@@ -865,7 +874,8 @@ class TF1Bundle:
                     f"and {slice_shape}"
                 )
             boxes.append((tuple(starts), tuple(stops)))
-            parts.append((tuple(slice(a, b) for a, b in zip(starts, stops)), slice_entry, what))
+            index = tuple(slice(a, b) for a, b in zip(starts, stops, strict=True))
+            parts.append((index, slice_entry, what))
         _check_tiling(name, shape, boxes, self._index_error)
         out = np.empty(shape, dtype=dtype)
         for index, slice_entry, what in parts:
@@ -881,7 +891,7 @@ def _check_tiling(name, shape, boxes, error) -> None:
     volume = 0
     for starts, stops in boxes:
         size = 1
-        for a, b in zip(starts, stops):
+        for a, b in zip(starts, stops, strict=True):
             size *= b - a
         volume += size
     if boxes and len(shape):
