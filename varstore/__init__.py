@@ -47,6 +47,7 @@ from ._report import is_variable_initialized as is_variable_initialized
 from ._report import report_uninitialized_variables as report_uninitialized_variables
 from ._store import VarStore as VarStore
 from ._variable import Variable as Variable
+from . import distributed as distributed  # noqa: E402
 from . import train as train  # noqa: E402 - the saver layer, on top of the core
 
 __version__ = "0.1.0.dev0"

@@ -123,8 +123,10 @@ class _Env:
         return self.memo[id(root)]
 
 
-def _program_fn(program: Program, graph: Graph):
-    def run(key, zero, consts, deps):
+def _program_fn(program: Program, graph: Graph, impl):
+    def run(key_data, zero, consts, deps):
+        # Key data comes in as a host array: replicated input in every process.
+        key = jax.random.wrap_key_data(key_data, impl=impl)
         const_values = {id(c): v for c, v in zip(program.consts, consts)}
         dep_values = dict(zip(program.deps, deps))
         keys = _derive_all(key, program.leaf_rows)
@@ -169,13 +171,14 @@ class Initializer:
     def variables(self) -> list[Variable]:
         return list(self._variables)
 
-    def _compiled(self, store_names: frozenset[str]):
-        if store_names not in self._cache:
+    def _compiled(self, store_names: frozenset[str], impl):
+        cache_key = (store_names, str(impl))
+        if cache_key not in self._cache:
             plan = build(self._variables, store_names)
             graph = self._variables[0].graph if self._variables else None
-            fns = [_program_fn(p, graph) for p in plan.programs]
-            self._cache[store_names] = (plan, fns)
-        return self._cache[store_names]
+            fns = [_program_fn(p, graph, impl) for p in plan.programs]
+            self._cache[cache_key] = (plan, fns)
+        return self._cache[cache_key]
 
     def __call__(self, key: Any, store: VarStore | None = None) -> VarStore:
         """Runs the initializer.
@@ -196,15 +199,17 @@ class Initializer:
             )
         base = {} if store is None else store.to_dict()
         relevant = frozenset(n for n in base if n in _referenced_names(self._variables))
-        plan, fns = self._compiled(relevant)
+        impl = jax.random.key_impl(key)
+        plan, fns = self._compiled(relevant, impl)
+        key_data = np.asarray(jax.random.key_data(key))
         values: dict[str, jax.Array] = {}
         for v in plan.direct:
-            values[v.name] = jax.device_put(v.initial_value.value, v.device)
+            values[v.name] = _place_host(np.asarray(v.initial_value.value), v.device)
         for program, fn in zip(plan.programs, fns):
             where = _placement.replicated_on(program.devices)
             consts = [_const_input(c.value, program.devices) for c in program.consts]
             deps = [_dep_input(base[n], program.devices, where) for n in program.deps]
-            singles, stacks = fn(jax.device_put(key, where), np.uint32(0), consts, deps)
+            singles, stacks = fn(key_data, np.uint32(0), consts, deps)
             for v, value in zip(program.singles, singles):
                 values[v.name] = value
             for group, stack in zip(program.groups, stacks):
@@ -231,7 +236,7 @@ def _split(stack: jax.Array, group) -> list[jax.Array]:
     """
     sharding = group.representative.device
     (device, *others) = sharding.device_set
-    if not others and device.platform == "cpu":
+    if not others and device.platform == "cpu" and device.process_index == jax.process_index():
         host = np.asarray(stack)
         return [jax.device_put(host[i], sharding) for i in range(len(group.members))]
     parts = []
@@ -254,6 +259,14 @@ def _referenced_names(variables: Sequence[Variable]) -> set[str]:
                     seen.add(node.variable.name)
                     todo.append(node.variable)
     return names
+
+
+def _place_host(value: np.ndarray, sharding) -> jax.Array:
+    """A host array placed on `sharding`, each device receiving only its part
+    (also when the sharding spans several processes)."""
+    if sharding.is_fully_addressable:
+        return jax.device_put(value, sharding)
+    return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
 
 
 def _const_input(value, devices) -> Any:

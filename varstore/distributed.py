@@ -1,0 +1,92 @@
+"""Multi-process JAX for varstore programs: one helper to join the processes.
+
+Start N copies of a script with `python -m varstore.launch -n N script.py ...`
+(on one machine, over loopback), or with your cluster's launcher. The script
+calls `vs.distributed.initialize()` before anything else touches JAX devices; it
+reads the coordinator address, process count and id from the environment the
+launcher sets, and passes short heartbeat and start-up timeouts so that a dead
+peer ends the others within seconds rather than minutes.
+
+On a real cluster (GPU hosts, TPU pods) `initialize()` with none of these
+variables set calls `jax.distributed.initialize()` with no arguments, which
+detects the cluster (Slurm, Open MPI, Kubernetes, TPU metadata) as JAX does.
+
+>>> import varstore as vs
+>>> vs.distributed.initialize()
+>>> jax.process_count()
+4
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+from ._errors import VarStoreError
+
+ENV_COORDINATOR = "VARSTORE_COORDINATOR"
+ENV_NUM_PROCESSES = "VARSTORE_NUM_PROCESSES"
+ENV_PROCESS_ID = "VARSTORE_PROCESS_ID"
+ENV_HEARTBEAT = "VARSTORE_HEARTBEAT_TIMEOUT"
+ENV_INIT_TIMEOUT = "VARSTORE_INIT_TIMEOUT"
+
+__all__ = ["initialize", "is_primary"]
+
+
+def _int_env(name: str, default: int | None = None) -> int | None:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise VarStoreError(
+            f"Environment variable {name}={raw!r} must be an integer."
+        ) from None
+
+
+def initialize(
+    *,
+    heartbeat_timeout_seconds: int | None = None,
+    initialization_timeout: int | None = None,
+) -> None:
+    """Joins this process to the others (`jax.distributed.initialize`).
+
+    Args:
+      heartbeat_timeout_seconds: how long a silent peer is tolerated before every
+        process aborts (default: $VARSTORE_HEARTBEAT_TIMEOUT, else JAX's 100 s).
+      initialization_timeout: how long to wait for all processes to join
+        (default: $VARSTORE_INIT_TIMEOUT, else JAX's 300 s).
+
+    Raises:
+      VarStoreError: when the environment is inconsistent.
+    """
+    coordinator = os.environ.get(ENV_COORDINATOR)
+    kwargs = {}
+    heartbeat = heartbeat_timeout_seconds or _int_env(ENV_HEARTBEAT)
+    init_timeout = initialization_timeout or _int_env(ENV_INIT_TIMEOUT)
+    if heartbeat is not None:
+        kwargs["heartbeat_timeout_seconds"] = heartbeat
+    if init_timeout is not None:
+        kwargs["initialization_timeout"] = init_timeout
+    if coordinator is None:
+        jax.distributed.initialize(**kwargs)  # cluster auto-detection
+        return
+    num = _int_env(ENV_NUM_PROCESSES)
+    pid = _int_env(ENV_PROCESS_ID)
+    if num is None or pid is None or not 0 <= pid < num:
+        raise VarStoreError(
+            f"{ENV_COORDINATOR} is set but {ENV_NUM_PROCESSES}={num!r} and "
+            f"{ENV_PROCESS_ID}={pid!r} do not describe a process: set both, with "
+            f"0 <= {ENV_PROCESS_ID} < {ENV_NUM_PROCESSES} (python -m varstore.launch "
+            "sets them)."
+        )
+    jax.distributed.initialize(
+        coordinator_address=coordinator, num_processes=num, process_id=pid, **kwargs
+    )
+
+
+def is_primary() -> bool:
+    """Whether this is process 0, the one that writes shared files."""
+    return jax.process_index() == 0
