@@ -87,6 +87,7 @@ class Saver:
         self._next_keep_time = time.time() + self._keep_hours * 3600
         self._last: list[tuple[str, float]] = []  # (path, timestamp), oldest first
         self._adopted: set[str] = set()
+        self._cleaned: set[str] = set()
         self._last_preserved: float | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vs-saver")
         self._pending: concurrent.futures.Future | None = None
@@ -181,6 +182,10 @@ class Saver:
             raise CheckpointError(
                 f"Saver.save: cannot create the checkpoint directory {directory!r}: {e}."
             ) from None
+        if directory not in self._cleaned and jax.process_index() == 0:
+            # Leftovers of saves interrupted by a crash (never those of live saves).
+            _ckpt_io.cleanup_tmp(directory)
+            self._cleaned.add(directory)
         handle = _ckpt_io.write(path, arrays, blocking=False)
         timestamp = time.time()
 
