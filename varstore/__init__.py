@@ -7,11 +7,15 @@
 
 from ._config import config as config
 from ._errors import CheckpointError as CheckpointError
+from ._errors import ExtraPathError as ExtraPathError
 from ._errors import GraphError as GraphError
 from ._errors import InitializationError as InitializationError
 from ._errors import InvalidNameError as InvalidNameError
+from ._errors import LeafMismatchError as LeafMismatchError
+from ._errors import MissingPathError as MissingPathError
 from ._errors import NotFoundError as NotFoundError
 from ._errors import PlacementError as PlacementError
+from ._errors import PytreeError as PytreeError
 from ._errors import ShapeError as ShapeError
 from ._errors import UninitializedError as UninitializedError
 from ._errors import VarStoreError as VarStoreError
@@ -52,18 +56,33 @@ from . import train as train  # noqa: E402 - the saver layer, on top of the core
 
 __version__ = "0.1.0.dev0"
 
+
+
+def __getattr__(name: str):
+    # `vs.flax` imports Flax (about a second) only when first used.
+    if name == "flax":
+        import importlib
+
+        return importlib.import_module(".flax", __name__)
+    raise AttributeError(f"module 'varstore' has no attribute {name!r}")
+
+
 __all__ = [
     "CheckpointError",
     "Expr",
+    "ExtraPathError",
     "Graph",
     "GraphError",
     "GraphKeys",
     "InitializationError",
     "Initializer",
     "InvalidNameError",
+    "LeafMismatchError",
+    "MissingPathError",
     "NotFoundError",
     "PlacementError",
     "PlacementWarning",
+    "PytreeError",
     "ShapeError",
     "UninitializedError",
     "VarStore",
@@ -72,6 +91,7 @@ __all__ = [
     "apply",
     "assert_variables_initialized",
     "config",
+    "distributed",
     "constant",
     "device",
     "fill",

@@ -49,6 +49,22 @@ class NotFoundError(VarStoreError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class PytreeError(VarStoreError):
+    """A pytree that does not match a store (base of the errors below)."""
+
+
+class MissingPathError(PytreeError, NotFoundError):
+    """`like` names leaves that the store does not have."""
+
+
+class ExtraPathError(PytreeError):
+    """The store has entries (under the prefix) that `like` does not name."""
+
+
+class LeafMismatchError(PytreeError, ShapeError):
+    """A stored array whose shape or dtype differs from `like`'s leaf."""
+
+
 def close_names(name: str, candidates: Iterable[str], n: int = 3) -> str:
     """A short 'did you mean' clause for `name` among `candidates`, or ''."""
     found = difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.6)

@@ -22,6 +22,11 @@ from ._errors import InitializationError, ShapeError
 Shape = tuple[int, ...]
 
 
+def _numeric(dtype: np.dtype) -> bool:
+    """Numeric or bool, including ml_dtypes (bfloat16, float8: NumPy kind 'V')."""
+    return dtype != object and dtype.kind not in "USMm" and dtype.type is not np.void
+
+
 def _canonical_dtype(dtype: Any) -> np.dtype:
     return np.dtype(jax.dtypes.canonicalize_dtype(np.dtype(dtype)))
 
@@ -262,7 +267,7 @@ class Const(Expr):
                     f"Cannot use {type(value).__name__} {value!r} as an initial value: "
                     f"{e}. Pass an initializer expression, an array or a number."
                 ) from None
-            if np_value.dtype == object or np_value.dtype.kind in "USV":
+            if not _numeric(np_value.dtype):
                 raise InitializationError(
                     f"Cannot use {value!r} (NumPy dtype {np_value.dtype}) as an initial "
                     "value: only numeric and bool arrays can be variables."

@@ -18,6 +18,7 @@ from jax.tree_util import DictKey
 from . import _placement
 from ._errors import NotFoundError, ShapeError, VarStoreError, close_names
 from ._graph import Graph, get_default_graph, trainable_variables
+from ._expr import _numeric
 from ._names import check_name
 from ._variable import Variable
 
@@ -164,6 +165,83 @@ class VarStore(Mapping):
         """A plain dict of name -> array (sorted by name)."""
         return dict(self._values)
 
+    # -- pytrees -------------------------------------------------------------
+    @classmethod
+    def from_pytree(cls, tree: Any, prefix: str = "") -> VarStore:
+        """A store with one entry per leaf of any pytree, named by its key path.
+
+        A name is `prefix` and the leaf's keys (dict keys, sequence indices,
+        dataclass and NamedTuple fields, `nnx.State` paths) joined with '/'.
+        Each key is escaped so that every name is valid and can be undone: '-'
+        escapes, and every character outside `[A-Za-z0-9_.]` ('-' included)
+        becomes '-' and the upper-case hex of its UTF-8 bytes ('/' -> '-2F',
+        ' ' -> '-20', '-' -> '-2D'); an empty key is '-', a key '.' is '-2E' and
+        '..' is '-2E-2E'; non-str keys use `str()`. Flax boxes (`nnx.Variable`,
+        `nn.Partitioned`) add no part; a `VarStore` in the tree keeps its names
+        (`{"mu": store}` gives `mu/layer/w`). A typed PRNG key is stored as its
+        `jax.random.key_data` under its name plus '-key_data'. `None` and empty
+        subtrees (optax's `EmptyState()`) have no leaves: `to_pytree` gets them
+        back from `like`. Arrays keep their dtype (bfloat16 too) and sharding.
+
+        Args:
+          tree: any pytree of arrays (NumPy arrays and Python numbers become JAX
+            arrays).
+          prefix: a valid name to put before every name, e.g. "params".
+
+        Returns:
+          A new store.
+
+        Raises:
+          InvalidNameError: a name over 512 bytes, two leaves with one name (keys
+            that print alike), or a single leaf without a prefix.
+          PytreeError: a leaf that is not an array, or an abstract one.
+
+        >>> store = vs.VarStore.from_pytree({"params": params, "opt": opt_state})
+        >>> list(store)[:2]
+        ['opt/0/count', 'opt/0/mu/dense/bias']
+        """
+        from ._pytree import flatten
+
+        return cls(flatten(tree, prefix))
+
+    def to_pytree(
+        self,
+        like: Any,
+        prefix: str = "",
+        *,
+        on_missing: str = "error",
+        on_extra: str = "error",
+    ) -> Any:
+        """A pytree with the structure of `like`, its leaves read from this store.
+
+        The inverse of `VarStore.from_pytree`: each leaf of `like` (an array, a
+        `jax.ShapeDtypeStruct`, a typed PRNG key, a number) is looked up under the
+        same name and must have the same shape and dtype; keys come back as keys
+        of `like`'s implementation; a leaf whose `like` has a concrete sharding is
+        put on it. Flax boxes and their metadata come from `like`.
+
+        Args:
+          like: a pytree, possibly abstract (`jax.eval_shape`, `nnx.eval_shape`).
+          prefix: read the names under this prefix.
+          on_missing: "error", or "keep" to keep `like`'s (concrete) leaf where
+            the store has no entry.
+          on_extra: "error" when the store has entries under `prefix` that `like`
+            does not name, or "ignore".
+
+        Returns:
+          The rebuilt pytree.
+
+        Raises:
+          MissingPathError: names (and key paths) of leaves the store lacks.
+          ExtraPathError: store entries `like` has no leaf for.
+          LeafMismatchError: a shape or dtype that differs from `like`'s.
+
+        >>> opt_state = store.to_pytree(jax.eval_shape(tx.init, params), prefix="opt")
+        """
+        from ._pytree import unflatten
+
+        return unflatten(self, like, prefix, on_missing=on_missing, on_extra=on_extra)
+
     # -- display -------------------------------------------------------------
     def summary(self) -> str:
         """A table of name, shape, dtype, placement and bytes, with totals."""
@@ -270,7 +348,7 @@ def _as_array(value: Any, name: str) -> Any:
         arr = np.asarray(value)
     except Exception as e:  # noqa: BLE001
         raise VarStoreError(f"Value of {name!r} is not an array: {e}") from None
-    if arr.dtype == object or arr.dtype.kind in "USV":
+    if not _numeric(arr.dtype):
         raise VarStoreError(
             f"Value of {name!r} has NumPy dtype {arr.dtype}: only numeric and bool "
             "arrays can be stored."
