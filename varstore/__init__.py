@@ -59,11 +59,12 @@ __version__ = "0.1.0.dev0"
 
 
 def __getattr__(name: str):
-    # `vs.flax` imports Flax (about a second) only when first used.
-    if name == "flax":
+    # `vs.flax` imports Flax (about a second) only when first used; importing
+    # `inspect_checkpoint` eagerly would make `python -m` of it warn.
+    if name in ("flax", "inspect_checkpoint"):
         import importlib
 
-        return importlib.import_module(".flax", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'varstore' has no attribute {name!r}")
 
 
@@ -102,6 +103,7 @@ __all__ = [
     "glorot_uniform",
     "initialize_all_variables",
     "initialize_variables",
+    "inspect_checkpoint",
     "is_variable_initialized",
     "local_variables",
     "name_scope",

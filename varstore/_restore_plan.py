@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ._display import shape_str
 from ._errors import CheckpointError, InvalidNameError, close_names
 from ._graph import get_default_graph, global_variables
 from ._names import check_name
@@ -161,15 +162,15 @@ class RestorePlan:
         )
         for r in self.restored:
             rename = f" <- {r.ckpt_name}" if r.ckpt_name != r.var_name else ""
-            lines.append(f"    {r.var_name}{rename} {list(r.shape)} {r.dtype}")
+            lines.append(f"    {r.var_name}{rename} {shape_str(r.shape)} {r.dtype}")
         if self.dtype_casts:
             lines.append(f"  casts {len(self.dtype_casts)}:")
             lines += [f"    {n}: {a} -> {b}" for n, a, b in self.dtype_casts]
         if self.shape_mismatches:
             lines.append(f"  shape mismatches {len(self.shape_mismatches)}:")
             lines += [
-                f"    {m.var_name}: declared {list(m.declared_shape)}, saved "
-                f"{list(m.saved_shape)}"
+                f"    {m.var_name}: declared {shape_str(m.declared_shape)}, saved "
+                f"{shape_str(m.saved_shape)}"
                 for m in self.shape_mismatches
             ]
         if self.missing:

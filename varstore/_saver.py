@@ -186,16 +186,19 @@ class Saver:
             # Leftovers of saves interrupted by a crash (never those of live saves).
             _ckpt_io.cleanup_tmp(directory)
             self._cleaned.add(directory)
-        handle = _ckpt_io.write(path, arrays, blocking=False)
         timestamp = time.time()
+        if blocking:
+            # Written from the caller's arrays without an extra host copy.
+            _ckpt_io.write(path, arrays, blocking=True).wait()
+            self._record(path, directory, timestamp)
+            return path
+        handle = _ckpt_io.write(path, arrays, blocking=False)
 
         def finish():
             handle.wait()
             self._record(path, directory, timestamp)
 
         self._pending = self._executor.submit(finish)
-        if blocking:
-            self.wait_until_finished()
         return path
 
     def wait_until_finished(self) -> None:

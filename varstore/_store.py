@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import DictKey
 
-from . import _placement
+from . import _display
 from ._errors import NotFoundError, ShapeError, VarStoreError, close_names
 from ._graph import Graph, get_default_graph, trainable_variables
 from ._expr import _numeric
@@ -32,21 +32,6 @@ def _name_of(key: Any) -> str:
         f"A VarStore is indexed by a vs.Variable or a variable name (str), got "
         f"{type(key).__name__} {key!r}."
     )
-
-
-def _human_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError
-
-
-def _placement_of(value: Any) -> str:
-    sharding = getattr(value, "sharding", None)
-    if isinstance(value, jax.core.Tracer) or sharding is None:
-        return "traced"
-    return _placement.describe(sharding)
 
 
 class VarStore(Mapping):
@@ -245,31 +230,16 @@ class VarStore(Mapping):
     # -- display -------------------------------------------------------------
     def summary(self) -> str:
         """A table of name, shape, dtype, placement and bytes, with totals."""
-        rows = [("name", "shape", "dtype", "placement", "bytes")]
-        total_bytes = total_params = 0
-        for name, value in self._values.items():
-            size = int(np.prod(value.shape, dtype=np.int64))
-            nbytes = size * np.dtype(value.dtype).itemsize
-            total_bytes += nbytes
-            total_params += size
-            shape = "[" + ",".join(str(d) for d in value.shape) + "]"
-            rows.append((name, shape, str(value.dtype), _placement_of(value), _human_bytes(nbytes)))
-        widths = [max(len(r[i]) for r in rows) for i in range(5)]
-        lines = [
-            "  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-            for r in rows
-        ]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        lines.append(
-            f"Total: {len(self)} variables, {total_params:,} parameters, "
-            f"{_human_bytes(total_bytes)}"
-        )
-        return "\n".join(lines)
+        return _display.store_table(self)
 
     def __repr__(self) -> str:
-        parts = [f"{n}: {list(v.shape)} {v.dtype}" for n, v in list(self._values.items())[:8]]
-        more = f", ... ({len(self) - 8} more)" if len(self) > 8 else ""
-        return f"VarStore({{{', '.join(parts)}{more}}})"
+        return _display.store_repr(self)
+
+    def _repr_html_(self) -> str:
+        return _display.store_html(self)
+
+    def __treescope_repr__(self, path, subtree_renderer):
+        return _display.treescope_repr(self, path, subtree_renderer)
 
     # -- internals -----------------------------------------------------------
     def _replace(self, changes: Mapping[str, Any]) -> VarStore:
