@@ -134,3 +134,16 @@ def test_variable_attributes():
     assert not v.trainable
     assert v.graph is vs.get_default_graph()
     assert "v" in repr(v) and "(3, 2)" in repr(v)
+
+
+def test_a_failed_declaration_gives_its_name_back():
+    with pytest.raises(vs.PlacementError):
+        vs.Variable(vs.zeros([1]), name="w", device="/gpu:0")
+    with pytest.raises(vs.InvalidNameError):
+        vs.Variable(vs.zeros([1]), name="w/x") and vs.Variable(vs.zeros([1]), name="w")
+    assert vs.get_default_graph().get_variable("w/x").name == "w/x"
+    assert vs.Variable(vs.zeros([1]), name="v").name == "v"
+    vs.reset_default_graph()
+    with pytest.raises(vs.PlacementError):
+        vs.Variable(vs.zeros([1]), name="w", device="/gpu:0")
+    assert vs.Variable(vs.zeros([1]), name="w").name == "w"

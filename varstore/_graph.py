@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from ._errors import GraphError, InvalidNameError
 from ._expr import walk
-from ._names import check_name, check_scope, unique_name
+from ._names import check_name, check_scope, release_names, unique_name
 
 if TYPE_CHECKING:
     from ._variable import Variable
@@ -42,6 +42,7 @@ class Graph:
     def __init__(self) -> None:
         self._names_in_use: dict[str, int] = {}
         self._variables: dict[str, Variable] = {}
+        self._name_undo: dict[str, list] = {}  # to give a failed declaration's name back
         self._prefixes: dict[str, int] = {}  # proper '/'-prefixes of names -> count
         self._collections: dict[str, list] = {}
         self._scope = ""
@@ -99,30 +100,41 @@ class Graph:
         check_name(base)
         full = f"{self._scope}/{base}" if self._scope else base
         with self._lock:
-            final = unique_name(full, self._names_in_use)
-            check_name(final)
-            if final in self._prefixes:
-                below = sorted(n for n in self._variables if n.startswith(final + "/"))
-                raise InvalidNameError(
-                    f"Variable name {final!r} is already the scope of {below[0]!r}: a "
-                    "checkpoint nests names on '/', so one name cannot be both a "
-                    "variable and a scope. Rename one of them, e.g. "
-                    f"{final + '/' + final.rsplit('/', 1)[-1]!r}."
-                )
+            undo: list = []
+            final = unique_name(full, self._names_in_use, undo)
+            try:
+                self._check_free(final)
+            except BaseException:
+                release_names(self._names_in_use, undo)
+                raise
             parts = final.split("/")
-            for i in range(1, len(parts)):
-                prefix = "/".join(parts[:i])
-                if prefix in self._variables:
-                    raise InvalidNameError(
-                        f"Variable name {final!r} puts it inside {prefix!r}, which is "
-                        "already a variable: a checkpoint nests names on '/', so one "
-                        "name cannot be both a variable and a scope. Rename one of them."
-                    )
             for i in range(1, len(parts)):
                 prefix = "/".join(parts[:i])
                 self._prefixes[prefix] = self._prefixes.get(prefix, 0) + 1
             self._variables[final] = var
+            self._name_undo[final] = undo
         return final
+
+    def _check_free(self, final: str) -> None:
+        """Raises when `final` cannot be a variable name next to the others."""
+        check_name(final)
+        if final in self._prefixes:
+            below = sorted(n for n in self._variables if n.startswith(final + "/"))
+            raise InvalidNameError(
+                f"Variable name {final!r} is already the scope of {below[0]!r}: a "
+                "checkpoint nests names on '/', so one name cannot be both a "
+                "variable and a scope. Rename one of them, e.g. "
+                f"{final + '/' + final.rsplit('/', 1)[-1]!r}."
+            )
+        parts = final.split("/")
+        for i in range(1, len(parts)):
+            prefix = "/".join(parts[:i])
+            if prefix in self._variables:
+                raise InvalidNameError(
+                    f"Variable name {final!r} puts it inside {prefix!r}, which is "
+                    "already a variable: a checkpoint nests names on '/', so one "
+                    "name cannot be both a variable and a scope. Rename one of them."
+                )
 
     def _unregister(self, var: Variable) -> None:
         """Undoes `_register` for a declaration that failed afterwards."""
@@ -130,6 +142,7 @@ class Graph:
             if self._variables.get(var.name) is not var:
                 return
             del self._variables[var.name]
+            release_names(self._names_in_use, self._name_undo.pop(var.name, []))
             parts = var.name.split("/")
             for i in range(1, len(parts)):
                 prefix = "/".join(parts[:i])
@@ -140,6 +153,7 @@ class Graph:
     def _note_expression(self, var: Variable) -> None:
         """Records which random nodes `var` owns and which nodes it shares."""
         with self._lock:
+            self._name_undo.pop(var.name, None)  # the declaration succeeded
             position = 0
             for node in walk(var.initial_value):
                 nid = id(node)

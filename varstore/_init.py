@@ -209,7 +209,10 @@ class Initializer:
             where = _placement.replicated_on(program.devices)
             consts = [_const_input(c.value, program.devices) for c in program.consts]
             deps = [_dep_input(base[n], program.devices, where) for n in program.deps]
-            singles, stacks = fn(key_data, np.uint32(0), consts, deps)
+            # Values must not depend on the sharding, and each device must compute
+            # only its shard: both need the partitionable threefry.
+            with jax.threefry_partitionable(True):
+                singles, stacks = fn(key_data, np.uint32(0), consts, deps)
             for v, value in zip(program.singles, singles):
                 values[v.name] = value
             for group, stack in zip(program.groups, stacks):
@@ -269,16 +272,20 @@ def _place_host(value: np.ndarray, sharding) -> jax.Array:
     return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
 
 
+def _elsewhere(value: Any, devices: tuple) -> bool:
+    """Whether a concrete array lives on other devices (or in another order) than
+    the program's, which one jit call cannot mix."""
+    return isinstance(value, jax.Array) and (
+        _placement.device_assignment(value.sharding) != tuple(devices)
+    )
+
+
 def _const_input(value, devices) -> Any:
-    if isinstance(value, jax.Array) and value.sharding.device_set != set(devices):
-        return np.asarray(value)
-    return value
+    return np.asarray(value) if _elsewhere(value, devices) else value
 
 
 def _dep_input(value, devices, where) -> Any:
-    if isinstance(value, jax.Array) and value.sharding.device_set != set(devices):
-        return jax.device_put(value, where)
-    return value
+    return jax.device_put(value, where) if _elsewhere(value, devices) else value
 
 
 def _resolve_list(var_list: Any, graph: Graph | None, what: str) -> list[Variable]:

@@ -52,20 +52,37 @@ def check_scope(scope: str) -> str:
     return check_name(scope, what="name scope")
 
 
-def unique_name(name: str, in_use: dict[str, int]) -> str:
+def unique_name(name: str, in_use: dict[str, int], undo: list | None = None) -> str:
     """TensorFlow 1.x's `Graph.unique_name`: 'w', then 'w_1', 'w_2', ...
 
     Names are compared case-insensitively, as TensorFlow does, and `in_use` is
-    updated in place.
+    updated in place; `undo` (if given) collects `(key, previous count or None)`
+    so that `release_names` can give the name back.
     """
+
+    def mark(key: str, count: int) -> None:
+        if undo is not None:
+            undo.append((key, in_use.get(key)))
+        in_use[key] = count
+
     key = name.lower()
     i = in_use.get(key, 0)
-    in_use[key] = i + 1
+    mark(key, i + 1)
     if i == 0:
         return name
     base = key
     while key in in_use:
         key = f"{base}_{i}"
         i += 1
-    in_use[key] = 1
+    mark(key, 1)
     return f"{name}_{i - 1}"
+
+
+def release_names(in_use: dict[str, int], undo: list) -> None:
+    """Reverts the marks `unique_name` recorded in `undo`."""
+    for key, previous in reversed(undo):
+        if previous is None:
+            in_use.pop(key, None)
+        else:
+            in_use[key] = previous
+    undo.clear()

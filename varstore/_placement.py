@@ -11,7 +11,7 @@ import dataclasses
 import re
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Union
 
 import jax
@@ -203,23 +203,39 @@ def device(spec: Placement, mesh: Mesh | None = None) -> Iterator[None]:
     """
     if mesh is not None and not isinstance(mesh, Mesh):
         raise PlacementError(f"vs.device: mesh must be a jax.sharding.Mesh, got {mesh!r}.")
+    _check_placement(spec, "vs.device")
+    _stack().append(_Entry(spec, mesh))
+    try:
+        yield
+    finally:
+        _stack().pop()
+
+
+def _check_placement(spec: Placement, where: str) -> None:
+    """Fails early on a malformed device string or a value that is no placement."""
     if isinstance(spec, str):
-        DeviceSpec.from_string(spec)  # fail early on a malformed string
+        DeviceSpec.from_string(spec)
     elif not (
         spec is None
         or isinstance(spec, (jax.Device, Sharding, PartitionSpec))
         or callable(spec)
     ):
         raise PlacementError(
-            f"vs.device: cannot use {type(spec).__name__} {spec!r} as a placement. "
+            f"{where}: cannot use {type(spec).__name__} {spec!r} as a placement. "
             "Pass a device string, a jax.Device, a Sharding, a PartitionSpec, a "
             "function of the variable, or None."
         )
-    _stack().append(_Entry(spec, mesh))
+
+
+def _named(mesh: Mesh, spec: PartitionSpec, name: str) -> NamedSharding:
+    """`NamedSharding(mesh, spec)`, with JAX's complaint turned into a PlacementError."""
     try:
-        yield
-    finally:
-        _stack().pop()
+        return NamedSharding(mesh, spec)
+    except (ValueError, TypeError) as e:
+        raise PlacementError(
+            f"Variable {name!r}: PartitionSpec {spec} does not fit mesh axes "
+            f"{dict(mesh.shape)} ({e}). Use only the mesh's axis names, each at most once."
+        ) from None
 
 
 def _current_mesh(entries: Sequence[_Entry]) -> Mesh | None:
@@ -241,11 +257,35 @@ def sharding_rules(
     """A device function: the first regex that fully matches the variable's name
     decides its placement; no match falls through to the enclosing placement.
 
+    Args:
+      rules: `(regex, placement)` pairs, tried in order with `re.fullmatch` against
+        the variable's full name (name scopes included). A placement is anything
+        `vs.device` takes; `None` falls through as no match does.
+      mesh: the mesh PartitionSpecs of the rules are resolved against; without it,
+        the enclosing `vs.device(..., mesh=)` or the current JAX mesh.
+
+    Returns:
+      A function `fn(variable) -> placement | None` for `vs.device(fn)` or `device=`.
+
+    Raises:
+      PlacementError: for a rule that is no pair, a bad regex, a malformed device
+        string or a value that is no placement (when the rules are built), and for a
+        PartitionSpec that does not fit the mesh (when a variable is declared).
+
     >>> rules = vs.sharding_rules([(r".*/kernel", P("data", "model")),
     ...                            (r".*/bias", P())], mesh=mesh)
     >>> with vs.device(rules):
     ...     k = vs.Variable(vs.zeros([8, 4]), name="dense/kernel")
     """
+    if mesh is not None and not isinstance(mesh, Mesh):
+        raise PlacementError(
+            f"vs.sharding_rules: mesh must be a jax.sharding.Mesh, got {mesh!r}."
+        )
+    if isinstance(rules, (str, bytes, Mapping)) or not isinstance(rules, Iterable):
+        raise PlacementError(
+            f"vs.sharding_rules: rules must be a list of (regex, placement) pairs, got "
+            f"{type(rules).__name__} {rules!r}."
+        )
     compiled = []
     for item in rules:
         try:
@@ -256,12 +296,13 @@ def sharding_rules(
                 f"vs.sharding_rules: bad rule {item!r} ({e}). Each rule is a pair "
                 "(regex, placement)."
             ) from None
+        _check_placement(placement, f"vs.sharding_rules: rule {pattern!r}")
 
     def rule_fn(variable):
         for pattern, placement in compiled:
             if pattern.fullmatch(variable.name):
                 if isinstance(placement, PartitionSpec) and mesh is not None:
-                    return NamedSharding(mesh, placement)
+                    return _named(mesh, placement, variable.name)
                 return placement
         return None
 
@@ -323,7 +364,7 @@ def _to_sharding(spec: Any, variable, mesh: Mesh | None) -> Sharding:
                 "known. Pass one with vs.device(spec, mesh=mesh), "
                 "vs.sharding_rules(..., mesh=mesh) or `with jax.set_mesh(mesh):`."
             )
-        spec = NamedSharding(mesh, spec)
+        spec = _named(mesh, spec, name)
     if isinstance(spec, Sharding):
         check_divisible(spec, variable.shape, name)
         return spec
@@ -347,6 +388,12 @@ def check_divisible(sharding: Sharding, shape: tuple[int, ...], name: str) -> No
             if axes is None:
                 continue
             names = axes if isinstance(axes, tuple) else (axes,)
+            unknown = [a for a in names if a not in mesh_shape]
+            if unknown:
+                raise PlacementError(
+                    f"Variable {name!r}: {spec} names mesh axes {unknown} that the mesh "
+                    f"{mesh_shape} does not have."
+                )
             parts = int(np.prod([mesh_shape[a] for a in names]))
             if dim % parts:
                 raise PlacementError(
@@ -371,19 +418,40 @@ def describe(sharding: Sharding) -> str:
         return f"{d.platform.upper()}:{d.id}"
     if isinstance(sharding, NamedSharding):
         axes = ",".join(f"{k}={v}" for k, v in sharding.mesh.shape.items())
-        spec = ",".join("None" if s is None else str(s) for s in sharding.spec)
+        spec = ",".join(_describe_axes(s) for s in sharding.spec)
         return f"mesh({axes}) P({spec})"
     return type(sharding).__name__
 
 
+def _describe_axes(axes: Any) -> str:
+    if axes is None:
+        return "None"
+    if isinstance(axes, tuple):
+        return "(" + ",".join(str(a) for a in axes) + ")"
+    return str(axes)
+
+
+def device_assignment(sharding: Sharding) -> tuple[jax.Device, ...]:
+    """The devices of `sharding` in the order JAX assigns them to the program's
+    partitions. One jit requires ONE order across all its inputs and outputs, so
+    two meshes over the same devices in different orders need separate programs."""
+    order = getattr(sharding, "_device_assignment", None)
+    if order is None:
+        order = sorted(sharding.device_set, key=lambda d: d.id)
+    return tuple(order)
+
+
 def device_set_key(sharding: Sharding) -> tuple[int, ...]:
-    """The sorted device ids a sharding spans: one compiled program per key."""
-    return tuple(sorted(d.id for d in sharding.device_set))
+    """The device ids of `sharding` in assignment order: one compiled program per
+    key (usually one per device set; a mesh over the same devices in another order
+    cannot share a jit with it, see `device_assignment`)."""
+    return tuple(d.id for d in device_assignment(sharding))
 
 
 def replicated_on(devices: Sequence[jax.Device]) -> Sharding:
-    """A sharding that replicates an array on every one of `devices`."""
-    devices = sorted(devices, key=lambda d: d.id)
+    """A sharding that replicates an array on every one of `devices`, in the order
+    given (it must be the program's device assignment order to join one jit)."""
+    devices = list(devices)
     if len(devices) == 1:
         return SingleDeviceSharding(devices[0])
     return NamedSharding(Mesh(np.array(devices), ("_vs_all",)), PartitionSpec())

@@ -157,7 +157,7 @@ def build(variables: Sequence[Variable], store_names: frozenset[str]) -> Plan:
             [leaf_derivation(graph, n) for n in leaves.values()], dtype=np.uint32
         ).reshape(len(leaves), 3)
         index = {nid: i for i, nid in enumerate(leaves)}
-        devices = tuple(sorted(members[0].device.device_set, key=lambda d: d.id))
+        devices = _placement.device_assignment(members[0].device)
         programs.append(
             Program(devices, singles, groups, list(deps), list(consts.values()), rows, index)
         )

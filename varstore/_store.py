@@ -107,17 +107,17 @@ class VarStore(Mapping):
 
     def assign_add(self, var: Variable | str, delta: jax.typing.ArrayLike) -> VarStore:
         """A new store where `var` holds `store[var] + delta`."""
-        name = _name_of(var)
-        current = self[name]
-        value = _conformed_value(name, current, jnp.asarray(delta), "assign_add", True)
-        return self._replace({name: self._place(current, current + value)})
+        return self._update_by(var, delta, "assign_add", jnp.add)
 
     def assign_sub(self, var: Variable | str, delta: jax.typing.ArrayLike) -> VarStore:
         """A new store where `var` holds `store[var] - delta`."""
+        return self._update_by(var, delta, "assign_sub", jnp.subtract)
+
+    def _update_by(self, var, delta, op: str, fn) -> VarStore:
         name = _name_of(var)
         current = self[name]
-        value = _conformed_value(name, current, jnp.asarray(delta), "assign_sub", True)
-        return self._replace({name: self._place(current, current - value)})
+        value = _conformed_value(name, current, _near(jnp.asarray(delta), current), op, True)
+        return self._replace({name: self._place(current, fn(current, value))})
 
     def update(self, mapping: Mapping[Any, Any]) -> VarStore:
         """A new store with several variables assigned (existing names keep their
@@ -303,6 +303,21 @@ def _conformed_value(name: str, current: Any, value: Any, op: str, validate: boo
             "with validate_shape=False to allow shape changes."
         )
     return value.astype(want) if got != want else value
+
+
+def _near(value: Any, current: Any) -> Any:
+    """`value` moved next to `current` when it lives on other devices."""
+    if (
+        isinstance(value, jax.Array)
+        and isinstance(current, jax.Array)
+        and not isinstance(value, jax.core.Tracer)
+        and not isinstance(current, jax.core.Tracer)
+        and value.sharding.device_set != current.sharding.device_set
+    ):
+        return jax.device_put(value, current.sharding) if value.shape == current.shape else (
+            jnp.asarray(np.asarray(value))
+        )
+    return value
 
 
 def _variable_for(key: Any) -> Variable | None:
