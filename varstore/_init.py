@@ -240,8 +240,8 @@ def _split(stack: jax.Array, group) -> list[jax.Array]:
     sharding = group.representative.device
     (device, *others) = sharding.device_set
     if not others and device.platform == "cpu" and device.process_index == jax.process_index():
-        host = np.asarray(stack)
-        return [jax.device_put(host[i], sharding) for i in range(len(group.members))]
+        host = np.asarray(stack)  # a view on CPU, no copy
+        return jax.device_put([host[i] for i in range(len(group.members))], sharding)
     parts = []
     for i in range(len(group.members)):
         part = _take(stack, np.int32(i))
