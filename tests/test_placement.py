@@ -726,3 +726,11 @@ def test_initialized_value_from_the_store_on_a_mesh_in_another_order(mesh42):
     store = vs.initialize_variables([r])(1, store)
     assert store[r].sharding == r.device
     np.testing.assert_array_equal(np.asarray(store[r]), np.asarray(store[a]))
+
+
+def test_programs_are_keyed_by_platform_not_only_device_id():
+    # A GPU and the host CPU both have a device 0: one jit cannot span both.
+    from varstore import _placement
+
+    key = _placement.device_set_key(SingleDeviceSharding(jax.devices()[3]))
+    assert key == (("cpu", 0, 3),)

@@ -441,11 +441,12 @@ def device_assignment(sharding: Sharding) -> tuple[jax.Device, ...]:
     return tuple(order)
 
 
-def device_set_key(sharding: Sharding) -> tuple[int, ...]:
-    """The device ids of `sharding` in assignment order: one compiled program per
-    key (usually one per device set; a mesh over the same devices in another order
-    cannot share a jit with it, see `device_assignment`)."""
-    return tuple(d.id for d in device_assignment(sharding))
+def device_set_key(sharding: Sharding) -> tuple[tuple[str, int, int], ...]:
+    """(platform, process, id) of the devices of `sharding` in assignment order:
+    one compiled program per key (usually one per device set; a mesh over the same
+    devices in another order cannot share a jit with it, see `device_assignment`).
+    Ids alone are not enough: a GPU and the host CPU both have a device 0."""
+    return tuple((d.platform, d.process_index, d.id) for d in device_assignment(sharding))
 
 
 def replicated_on(devices: Sequence[jax.Device]) -> Sharding:
