@@ -12,11 +12,9 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import os
-import shutil
 import sys
 import threading
 import time
-import uuid
 import weakref
 from typing import Any
 
@@ -187,6 +185,18 @@ class Saver:
             _ckpt_io.cleanup_tmp(directory)
             self._cleaned.add(directory)
         timestamp = time.time()
+        if jax.process_count() > 1:
+            # Every process writes its shards; process 0 commits, then records the
+            # checkpoint before any process's save (or wait) returns.
+            handle = _ckpt_io.write(
+                path, arrays, blocking=blocking,
+                on_commit=lambda: self._record(path, directory, timestamp),
+            )
+            if blocking:
+                handle.wait()
+            else:
+                self._pending = self._executor.submit(handle.wait)
+            return path
         if blocking:
             # Written from the caller's arrays without an extra host copy.
             _ckpt_io.write(path, arrays, blocking=True).wait()
@@ -312,6 +322,9 @@ class Saver:
                 f"{type(store).__name__}."
             )
         self.wait_until_finished()
+        # With several processes, all of them restore together: one that restores alone
+        # fails here after VARSTORE_BARRIER_TIMEOUT seconds instead of hanging later.
+        _ckpt_io.sync_processes(f"Restoring checkpoint {save_path!r}")
         source = open_checkpoint(save_path)
         plan = make_plan(source, self._bindings, store)
         raise_for(plan, on_missing)
@@ -342,12 +355,10 @@ def _delete_checkpoint(path: str, keep: str) -> None:
     if os.path.abspath(path) == os.path.abspath(keep) or not os.path.exists(path):
         return
     if _ckpt_io.is_checkpoint(path) and os.path.isdir(path):
-        doomed = _ckpt_io._tmp_sibling(path, _ckpt_io._TMP_MARK)
         try:
-            os.rename(path, doomed)
-        except OSError:
-            return
-        shutil.rmtree(doomed, ignore_errors=True)
+            _ckpt_io.remove_checkpoint(path)
+        except CheckpointError:
+            return  # as TensorFlow: an old checkpoint that cannot be deleted stays
     else:  # a TensorFlow prefix: its .index first, so it stops being a checkpoint
         for suffix in (".index", ".meta"):
             try:

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import _checkpoint_state, _ckpt_io, _tf1_bundle
 from ._errors import CheckpointError, NotFoundError, close_names
+from ._progress import progress
 
 STATE_FILENAME = "checkpoint"
 
@@ -151,16 +152,25 @@ class _TF1Source(Source):
 
     def read(self, targets):
         out = {}
-        for name, (shape, dtype, sharding) in targets.items():
-            value = self.read_numpy(name)
-            if tuple(value.shape) != tuple(shape):
-                raise CheckpointError(
-                    f"Variable {name!r} has shape {tuple(shape)} but checkpoint "
-                    f"{self.path!r} holds shape {tuple(value.shape)}."
-                )
-            value = value.astype(dtype, copy=False)
-            out[name] = jax.device_put(value, sharding) if sharding is not None else jax.numpy.asarray(value)
+        entries = self.entries()
+        total = sum(entries[n].nbytes for n in targets if n in entries)
+        with progress(total, len(targets), f"Restoring {self.path}") as bar:
+            for name, (shape, dtype, sharding) in targets.items():
+                out[name] = self._read_one(name, shape, dtype, sharding)
+                bar.advance(entries[name].nbytes if name in entries else 0, 1)
         return out
+
+    def _read_one(self, name, shape, dtype, sharding) -> jax.Array:
+        value = self.read_numpy(name)
+        if tuple(value.shape) != tuple(shape):
+            raise CheckpointError(
+                f"Variable {name!r} has shape {tuple(shape)} but checkpoint "
+                f"{self.path!r} holds shape {tuple(value.shape)}."
+            )
+        value = value.astype(dtype, copy=False)
+        if sharding is None:
+            return jax.numpy.asarray(value)
+        return jax.device_put(value, sharding)
 
 
 def open_checkpoint(path: str | os.PathLike) -> Source:

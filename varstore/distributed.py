@@ -20,6 +20,7 @@ detects the cluster (Slurm, Open MPI, Kubernetes, TPU metadata) as JAX does.
 from __future__ import annotations
 
 import os
+import sys
 
 import jax
 
@@ -50,6 +51,7 @@ def initialize(
     *,
     heartbeat_timeout_seconds: int | None = None,
     initialization_timeout: int | None = None,
+    exit_on_error: bool = True,
 ) -> None:
     """Joins this process to the others (`jax.distributed.initialize`).
 
@@ -58,6 +60,12 @@ def initialize(
         process aborts (default: $VARSTORE_HEARTBEAT_TIMEOUT, else JAX's 100 s).
       initialization_timeout: how long to wait for all processes to join
         (default: $VARSTORE_INIT_TIMEOUT, else JAX's 300 s).
+      exit_on_error: when True (default) and there are several processes, an
+        uncaught exception prints its traceback and ends this process at once with
+        status 1. Otherwise Python's exit would run JAX's shutdown, which waits (up
+        to 5 minutes) for peers that may never get there, e.g. after a
+        `CheckpointError` from a save that only this process made. Exit hooks do
+        not run then (a pending `blocking=False` save of this process is lost).
 
     Raises:
       VarStoreError: when the environment is inconsistent.
@@ -72,6 +80,7 @@ def initialize(
         kwargs["initialization_timeout"] = init_timeout
     if coordinator is None:
         jax.distributed.initialize(**kwargs)  # cluster auto-detection
+        _exit_on_error(exit_on_error)
         return
     num = _int_env(ENV_NUM_PROCESSES)
     pid = _int_env(ENV_PROCESS_ID)
@@ -85,6 +94,29 @@ def initialize(
     jax.distributed.initialize(
         coordinator_address=coordinator, num_processes=num, process_id=pid, **kwargs
     )
+    _exit_on_error(exit_on_error)
+
+
+def _exit_on_error(enabled: bool) -> None:
+    if not enabled or jax.process_count() < 2:
+        return
+    previous = sys.excepthook
+    if getattr(previous, "_varstore_exit", False):
+        return
+
+    def hook(kind, value, tb):
+        try:
+            previous(kind, value, tb)
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except Exception:  # noqa: BLE001 - closed streams
+                    pass
+            os._exit(1)
+
+    hook._varstore_exit = True
+    sys.excepthook = hook
 
 
 def is_primary() -> bool:

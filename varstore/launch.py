@@ -135,6 +135,10 @@ def main(args: list[str] | None = None) -> int:
     ns = parser.parse_args(args)
     if ns.num_processes < 1:
         parser.error("-n must be at least 1")
+    if ns.devices_per_process is not None and ns.devices_per_process < 1:
+        parser.error("--devices-per-process must be at least 1")
+    if ns.heartbeat_timeout < 1 or ns.init_timeout < 1:
+        parser.error("--heartbeat-timeout and --init-timeout must be at least 1 second")
     return launch(
         [ns.script, *ns.script_args],
         ns.num_processes,
