@@ -64,6 +64,7 @@ import errno
 import math
 import os
 import re
+import time
 import uuid
 from collections.abc import Callable
 
@@ -528,7 +529,9 @@ def write_state(
             f"create it."
         )
     data = _format(checkpoint_dir, state, path)
-    temp = f"{path}.tmp{uuid.uuid4().hex}"  # TensorFlow's atomic_write naming
+    # TensorFlow's atomic_write naming, plus the writer's pid so that
+    # `cleanup_temporaries` can tell a live writer's file from a killed one's.
+    temp = f"{path}.tmp{os.getpid()}-{uuid.uuid4().hex}"
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         try:
@@ -549,6 +552,58 @@ def write_state(
             f"if any, is unchanged. Check free space and permissions of '{checkpoint_dir}'."
         ) from None
     _fsync_directory(checkpoint_dir, path)
+
+
+_TEMP_RE = re.compile(r"\.tmp(?:(\d+)-)?[0-9a-f]{32}$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cleanup_temporaries(
+    checkpoint_dir: str | os.PathLike[str], latest_filename: str = DEFAULT_LATEST_FILENAME
+) -> list[str]:
+    """Removes temporaries of state-file writes that were killed midway.
+
+    A temporary carrying the pid of a live process on this host is left alone (that
+    write may still finish); one without a pid (TensorFlow's naming) is removed only
+    when it is over a minute old.
+
+    Returns:
+        The paths removed.
+    """
+    checkpoint_dir = os.fspath(checkpoint_dir)
+    removed = []
+    try:
+        names = os.listdir(checkpoint_dir)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(latest_filename + ".tmp"):
+            continue
+        m = _TEMP_RE.fullmatch(name[len(latest_filename) :])
+        if m is None:
+            continue
+        path = os.path.join(checkpoint_dir, name)
+        try:
+            if m.group(1) is not None:
+                if _pid_alive(int(m.group(1))):
+                    continue
+            elif time.time() - os.lstat(path).st_mtime < 60:
+                continue
+            if os.path.isfile(path) and not os.path.islink(path):
+                os.unlink(path)
+                removed.append(path)
+        except OSError:
+            continue
+    return removed
 
 
 def _fsync_directory(checkpoint_dir: str, path: str) -> None:

@@ -194,7 +194,9 @@ def _check_names(names: Iterable[str]) -> dict[str, tuple[str, ...]]:
         if len(d.encode()) > 255:
             raise CheckpointError(
                 f"Checkpoint entry name {name!r} is too long: its directory name "
-                f"{d[:40]!r}... exceeds 255 bytes."
+                f"{d[:40]!r}... (the name's parts joined with '.', as Orbax stores it) "
+                "exceeds the file system's 255 bytes. Use shorter names, e.g. a "
+                "Saver dict {'short/name': variable}."
             )
         if d in dirs:
             raise CheckpointError(

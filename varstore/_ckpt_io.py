@@ -174,6 +174,7 @@ from . import (
     _ckpt_write,
 )
 from ._ckpt_format import EntryInfo
+from ._ckpt_format import _check_names as check_names
 from ._ckpt_fs import cleanup_tmp, remove_checkpoint
 from ._ckpt_multi import sync_processes
 from ._ckpt_open import is_checkpoint, read_entries, read_extra_metadata
@@ -183,6 +184,7 @@ from ._ckpt_save import SaveHandle, wait_all, write
 __all__ = [
     "EntryInfo",
     "SaveHandle",
+    "check_names",
     "cleanup_tmp",
     "is_checkpoint",
     "read",

@@ -80,6 +80,8 @@ class Saver:
                 f"{keep_checkpoint_every_n_hours!r}."
             )
         self._bindings = bindings(var_list, allow_empty)
+        # Names the storage cannot hold fail here, before anything is written.
+        _ckpt_io.check_names([b.ckpt_name for b in self._bindings])
         self._max_to_keep = max_to_keep
         self._keep_hours = float(keep_checkpoint_every_n_hours)
         self._next_keep_time = time.time() + self._keep_hours * 3600
@@ -155,6 +157,12 @@ class Saver:
             )
         if global_step is not None:
             path = f"{path}-{_global_step_value(global_step)}"
+        if os.path.basename(path) == STATE_FILENAME:
+            raise CheckpointError(
+                f"Saver.save: save_path {path!r} is named like the directory's "
+                f"'{STATE_FILENAME}' state file, which would then be unwritable. Use "
+                "another name, e.g. 'model.ckpt'."
+            )
         missing = [b.var_name for b in self._bindings if b.var_name not in store]
         if missing:
             raise UninitializedError(
@@ -183,6 +191,7 @@ class Saver:
         if directory not in self._cleaned and jax.process_index() == 0:
             # Leftovers of saves interrupted by a crash (never those of live saves).
             _ckpt_io.cleanup_tmp(directory)
+            _checkpoint_state.cleanup_temporaries(directory, STATE_FILENAME)
             self._cleaned.add(directory)
         timestamp = time.time()
         if jax.process_count() > 1:
@@ -278,6 +287,8 @@ class Saver:
                 p = _checkpoint_state.resolve_checkpoint_path(directory, p, STATE_FILENAME)
             except CheckpointError:
                 continue
+            if not _inside(p, directory):
+                continue  # through a symbolic link: never delete outside the directory
             if p not in known and checkpoint_exists(p):
                 adopted.append((p, stamps[i] if i < len(stamps) else time.time()))
         self._last = adopted + self._last
@@ -349,10 +360,16 @@ class Saver:
         return f"<vs.train.Saver of {len(self._bindings)} variables>"
 
 
+def _inside(path: str, directory: str) -> bool:
+    """Whether `path` lies inside `directory` once symbolic links are resolved."""
+    real, root = os.path.realpath(path), os.path.realpath(directory)
+    return real != root and os.path.commonpath([real, root]) == root
+
+
 def _delete_checkpoint(path: str, keep: str) -> None:
     """Removes an old checkpoint: renamed away first, so a crash midway never
     leaves a half-deleted directory that looks like a checkpoint."""
-    if os.path.abspath(path) == os.path.abspath(keep) or not os.path.exists(path):
+    if os.path.abspath(path) == os.path.abspath(keep) or not checkpoint_exists(path):
         return
     if _ckpt_io.is_checkpoint(path) and os.path.isdir(path):
         try:
