@@ -526,3 +526,44 @@ def test_a_second_concurrent_progress_is_silent(terminal):
             assert inner is _progress._NO_PROGRESS
     stream.flush()
     assert "inner" not in _drain(master)
+
+
+def test_convert_writes_a_tf1_checkpoint_as_a_varstore_one_bit_for_bit(tmp_path):
+    import orbax.checkpoint as ocp
+
+    fixtures = os.path.join(os.path.dirname(__file__), "fixtures", "tf1")
+    out = tmp_path / "converted"
+    done = subprocess.run(
+        [sys.executable, "-m", "varstore._cli", "convert", os.path.join(fixtures, "howto"), str(out)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    path = str(out / "model.ckpt-3")  # the step comes from the TF prefix
+    assert "converted 5 tensors" in done.stdout and path in done.stdout
+    assert vs.train.latest_checkpoint(str(out)) == path
+    tf_prefix = os.path.join(fixtures, "howto", "model.ckpt-3")
+    for name, _ in vs.train.list_variables(tf_prefix):
+        want = vs.train.load_variable(tf_prefix, name)
+        got = vs.train.load_variable(path, name)
+        assert got.dtype == want.dtype and np.array_equal(got, want), name
+    tree = ocp.StandardCheckpointer().restore(path)
+    np.testing.assert_array_equal(tree["weights"], vs.train.load_variable(tf_prefix, "weights"))
+
+
+def test_convert_leaves_out_strings_and_fails_cleanly_on_a_missing_source(tmp_path):
+    fixtures = os.path.join(os.path.dirname(__file__), "fixtures", "tf1")
+    done = subprocess.run(
+        [sys.executable, "-m", "varstore._cli", "convert",
+         os.path.join(fixtures, "string", "model.ckpt"), str(tmp_path / "a")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "left out: vocab (string" in done.stdout
+    missing = subprocess.run(
+        [sys.executable, "-m", "varstore._cli", "convert", str(tmp_path / "nope"), str(tmp_path / "b")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert missing.returncode == 2
+    assert missing.stderr.startswith("varstore convert: error:") and "does not exist" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    assert not (tmp_path / "b").exists()

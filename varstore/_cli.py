@@ -557,5 +557,52 @@ def plan(path: str, other: str) -> None:
     click.get_current_context().exit(0 if result.ok else 1)
 
 
+@cli.command(short_help="Write a checkpoint (e.g. TensorFlow 1.x) as a varstore checkpoint.")
+@click.argument("source", metavar="SRC")
+@click.argument("out_dir", metavar="OUT_DIR")
+@click.option("--name", default="model.ckpt", show_default=True, help="Checkpoint name in OUT_DIR.")
+@click.option(
+    "--step",
+    type=int,
+    default=None,
+    help="global_step of the new checkpoint (default: SRC's '-N' suffix, if any).",
+)
+def convert(source: str, out_dir: str, name: str, step: int | None) -> None:
+    """Convert SRC (a TensorFlow 1.x checkpoint prefix, any Orbax PyTree checkpoint,
+    or a directory: its latest checkpoint) into a varstore checkpoint in OUT_DIR,
+    with a 'checkpoint' state file. Every tensor keeps its name, shape, dtype and
+    bytes (checksums verified on the way); tensors JAX cannot hold (TensorFlow
+    strings and resource handles) are listed and left out.
+
+    \b
+    Example:
+      varstore convert /tmp/tf_train/model.ckpt-1000 /tmp/jax_train
+    """
+    src = _open(source)
+    entries = src.entries()
+    readable = sorted(n for n, e in entries.items() if e.dtype is not None)
+    if step is None:
+        step = _step(src.path)
+    path = os.path.join(out_dir, name) + ("" if step is None else f"-{step}")
+    _ckpt_io.check_names(readable)
+    # NumPy arrays straight to storage: dtypes JAX would narrow without x64
+    # (TensorFlow's int64 global_step) keep their width.
+    values = {n: src.read_numpy(n) for n in readable}
+    os.makedirs(out_dir, exist_ok=True)
+    _ckpt_io.write(path, values, blocking=True).wait()
+    old = _checkpoint_state.read_state(out_dir, STATE_FILENAME)
+    kept = [p for p in (old.all_model_checkpoint_paths if old else ()) if p != path]
+    _checkpoint_state.write_state(
+        out_dir,
+        _checkpoint_state.CheckpointState(
+            model_checkpoint_path=path, all_model_checkpoint_paths=(*kept, path)
+        ),
+        STATE_FILENAME,
+    )
+    for n in sorted(set(entries) - set(readable)):
+        click.echo(f"left out: {n} ({_dtype(entries[n])} cannot be held by JAX)")
+    click.echo(f"converted {len(readable)} tensors from {src.path} to {path}")
+
+
 if __name__ == "__main__":
     main()
