@@ -57,7 +57,6 @@ from bench_init import _status_kib  # noqa: E402
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import gc  # noqa: E402
-import glob  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
@@ -71,324 +70,13 @@ import xxhash  # noqa: E402
 
 import varstore as vs  # noqa: E402
 from varstore import _ckpt_io  # noqa: E402  (only to wait for pending writes)
+from saver_contenders import (  # noqa: E402, F401  (FULL, QUICK, ...: used by compare.py)
+    ASYNC_WORKLOADS, FULL, MEMORY_WORKLOADS, PREFAULT, QUICK, SMALL, NumpyFiles, NumpyOneFile,
+    Orbax, Tf1, Varstore, VarstoreNoHash, can_drop_caches, clean, drop_caches, import_tf,
+    clear_metadata_cache, log, make_arrays, nbytes_of, nest, page_reporting, prefault, workload_shapes)
 from saver_report import report, targets_table  # noqa: E402
 
 del bench_init  # imported for its environment set-up
-
-# (number of variables, shape); W3 also gets SMALL.
-FULL = {"W1": (20, (4096, 1638)), "W2": (2000, (4096,)), "W3": (8, (16384, 4096))}
-QUICK = {"W1": (20, (256, 1638)), "W2": (200, (4096,)), "W3": (8, (1024, 4096))}
-SMALL = ("small", (1024,))  # 4 KiB
-ASYNC_WORKLOADS = ("W1", "W3")
-MEMORY_WORKLOADS = ("W1", "W3")
-
-
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
-
-
-# -- workloads --------------------------------------------------------------------------------
-def workload_shapes(wname, quick=False):
-    """{name: shape} of a workload, names as a TF1 model would have them."""
-    n, shape = (QUICK if quick else FULL)[wname]
-    if wname == "W2":
-        shapes = {f"block{i // 10:03d}/v{i % 10}": shape for i in range(n)}
-    elif wname == "W3":
-        shapes = {f"big{i}/w": shape for i in range(n)}
-        shapes[SMALL[0]] = SMALL[1]
-    else:
-        shapes = {f"layer{i:02d}/w": shape for i in range(n)}
-    return shapes
-
-
-def make_arrays(shapes, seed=0):
-    """Random float32 jax.Arrays on device 0, generated one variable at a time."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for name, shape in shapes.items():
-        host = rng.random(shape, dtype=np.float32)
-        out[name] = jax.device_put(host)
-        del host
-    jax.block_until_ready(list(out.values()))
-    return out
-
-
-def nbytes_of(shapes):
-    return sum(int(np.prod(s)) * 4 for s in shapes.values())
-
-
-def nest(flat):
-    tree = {}
-    for name, value in flat.items():
-        *scopes, leaf = name.split("/")
-        d = tree
-        for k in scopes:
-            d = d.setdefault(k, {})
-        d[leaf] = value
-    return tree
-
-
-# -- file system helpers ------------------------------------------------------------------------
-def fsync_path(path, directory=False):
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def can_drop_caches():
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("1")
-        return True
-    except OSError:
-        return False
-
-
-def drop_caches():
-    os.sync()
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3")
-
-
-# This project's machines are Firecracker microVMs with free page reporting (kernel
-# command line `page_reporting.page_reporting_order`): memory the guest has left free for
-# a few seconds is handed back to the host, and touching it again costs a host page fault
-# per page -- measured 5.0 s for 2 GiB against 0.23 s for memory freed just before. That
-# would charge whichever contender allocates fresh memory first (restores into new arrays,
-# saves into new page cache) by chance. So, unless --no-prefault, every timed operation is
-# preceded (untimed) by touching and freeing as much memory as it needs, which puts that
-# memory back at the head of the guest's free lists, as on an ordinary machine.
-PREFAULT = [True]
-
-
-def prefault(nbytes):
-    if PREFAULT[0] and nbytes > 0:
-        np.ones(int(nbytes) // 8 + 1, np.float64)  # written page by page, then freed
-
-
-def page_reporting():
-    """The kernel's free page reporting order, or None when it does not report."""
-    try:
-        with open("/proc/cmdline") as f:
-            cmdline = f.read()
-    except OSError:
-        return None
-    for arg in cmdline.split():
-        if arg.startswith("page_reporting.page_reporting_order="):
-            return arg.split("=", 1)[1]
-    return None
-
-
-def clean(path):
-    if os.path.isdir(path):
-        shutil.rmtree(path)
-    elif os.path.exists(path):
-        os.remove(path)
-
-
-# -- contenders: save(dir) -> {part: seconds}; restore(dir) -> seconds ---------------------------
-class Varstore:
-    name = "varstore"
-
-    def __init__(self, arrays):
-        self.store = vs.VarStore(arrays)
-        self.saver = vs.train.Saver(list(arrays), max_to_keep=None)
-
-    @staticmethod
-    def prefix(d):
-        return os.path.join(d, "model.ckpt")
-
-    def save(self, d):
-        t0 = time.perf_counter()
-        self.saver.save(self.store, self.prefix(d))
-        return {"save": time.perf_counter() - t0}
-
-    def restore(self, d):
-        t0 = time.perf_counter()
-        out = self.saver.restore(self.prefix(d))
-        jax.block_until_ready(list(out.values()))
-        seconds = time.perf_counter() - t0
-        del out
-        return seconds
-
-
-class Orbax:
-    name = "orbax"
-
-    def __init__(self, arrays):
-        self.tree = nest(arrays)
-        dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        self.target = nest(
-            {n: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=dev) for n, a in arrays.items()}
-        )
-        self.ckptr = ocp.StandardCheckpointer()
-
-    @staticmethod
-    def path(d):
-        return os.path.join(d, "ckpt")
-
-    def save(self, d):
-        os.makedirs(d, exist_ok=True)
-        t0 = time.perf_counter()
-        self.ckptr.save(self.path(d), self.tree)
-        self.ckptr.wait_until_finished()
-        return {"save": time.perf_counter() - t0}
-
-    def restore(self, d):
-        t0 = time.perf_counter()
-        out = self.ckptr.restore(self.path(d), self.target)
-        jax.block_until_ready(jax.tree.leaves(out))
-        seconds = time.perf_counter() - t0
-        del out
-        return seconds
-
-
-def _write_all(fd, view):
-    pos = 0
-    while pos < len(view):
-        pos += os.write(fd, view[pos : pos + 0x7FFFF000])
-
-
-class NumpyFiles:
-    """One raw file per variable, written with os.write + fsync; read with readinto."""
-
-    name = "numpy files"
-
-    def __init__(self, arrays):
-        self.host = {n: np.asarray(a) for n, a in arrays.items()}  # zero-copy views on CPU
-
-    def save(self, d):
-        t0 = time.perf_counter()
-        os.makedirs(d)
-        for i, a in enumerate(self.host.values()):
-            fd = os.open(os.path.join(d, str(i)), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                _write_all(fd, memoryview(a.reshape(-1).view(np.uint8)))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_path(d, directory=True)
-        fsync_path(os.path.dirname(d), directory=True)
-        return {"save": time.perf_counter() - t0}
-
-    def restore(self, d):
-        t0 = time.perf_counter()
-        out = []
-        for i, a in enumerate(self.host.values()):
-            b = np.empty(a.shape, a.dtype)
-            with open(os.path.join(d, str(i)), "rb", buffering=0) as f:
-                f.readinto(memoryview(b.reshape(-1).view(np.uint8)))
-            out.append(b)
-        seconds = time.perf_counter() - t0
-        del out
-        return seconds
-
-
-class NumpyOneFile(NumpyFiles):
-    """All variables in one raw file."""
-
-    name = "numpy 1 file"
-
-    def save(self, d):
-        t0 = time.perf_counter()
-        os.makedirs(d)
-        fd = os.open(os.path.join(d, "all"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            for a in self.host.values():
-                _write_all(fd, memoryview(a.reshape(-1).view(np.uint8)))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        fsync_path(d, directory=True)
-        fsync_path(os.path.dirname(d), directory=True)
-        return {"save": time.perf_counter() - t0}
-
-    def restore(self, d):
-        t0 = time.perf_counter()
-        total = sum(a.nbytes for a in self.host.values())
-        buf = np.empty(total, np.uint8)
-        with open(os.path.join(d, "all"), "rb", buffering=0) as f:
-            view = memoryview(buf)
-            pos = 0
-            while pos < total:
-                pos += f.readinto(view[pos:])
-        out, off = [], 0
-        for a in self.host.values():
-            out.append(buf[off : off + a.nbytes].view(a.dtype).reshape(a.shape))
-            off += a.nbytes
-        seconds = time.perf_counter() - t0
-        del out, buf
-        return seconds
-
-
-def import_tf():
-    """tensorflow, or None (with the reason logged) when it is not importable."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        import tensorflow as tf
-    except Exception as e:  # noqa: BLE001 - any import failure means "no TF contender"
-        log(f"tensorflow is not importable ({type(e).__name__}: {e}); TF1 rows are skipped. "
-            "Install it with: pip install tensorflow-cpu")
-        return None
-    tf.get_logger().setLevel("ERROR")
-    return tf
-
-
-class Tf1:
-    """TF 1.x graph mode: variables of the same shapes, `tf.compat.v1.train.Saver`."""
-
-    name = "tf1"
-
-    def __init__(self, tf, arrays):
-        self.tf = tf
-        self.graph = tf.Graph()
-        with self.graph.as_default():
-            self.vars = [
-                tf.compat.v1.get_variable(
-                    n, a.shape, tf.float32, initializer=tf.compat.v1.zeros_initializer()
-                )
-                for n, a in arrays.items()
-            ]
-            self.saver = tf.compat.v1.train.Saver(self.vars, max_to_keep=None)
-        self.sess = tf.compat.v1.Session(graph=self.graph)
-        # Feed the values into the initializers: no 2 GiB constants in the GraphDef.
-        self.sess.run(
-            [v.initializer for v in self.vars],
-            {v.initializer.inputs[1]: np.asarray(a) for v, a in zip(self.vars, arrays.values())},
-        )
-
-    @staticmethod
-    def prefix(d):
-        return os.path.join(d, "model.ckpt")
-
-    def save(self, d):
-        os.makedirs(d, exist_ok=True)
-        prefix = self.prefix(d)
-        with self.graph.as_default():
-            t0 = time.perf_counter()
-            self.saver.save(self.sess, prefix, write_meta_graph=False)
-            t1 = time.perf_counter()
-            for p in sorted(glob.glob(prefix + ".*")) + [os.path.join(d, "checkpoint")]:
-                fsync_path(p)
-            fsync_path(d, directory=True)
-            fsync_path(os.path.dirname(d), directory=True)
-            t2 = time.perf_counter()
-            self.saver.export_meta_graph(prefix + ".meta")
-            t3 = time.perf_counter()
-        os.remove(prefix + ".meta")
-        return {"save": t1 - t0, "fsync": t2 - t1, "meta": t3 - t2}
-
-    def restore(self, d):
-        with self.graph.as_default():
-            t0 = time.perf_counter()
-            self.saver.restore(self.sess, self.prefix(d))
-            return time.perf_counter() - t0
-
-    def close(self):
-        self.sess.close()
-
 
 # -- the alternating save/restore loop ----------------------------------------------------------
 def _disk_read_bytes():
@@ -465,25 +153,25 @@ def measure(contenders, scratch, repeat, cold, nbytes):
     return times
 
 
+def verify(contenders, paths, arrays):
+    """{contender: True when what it restores from its last checkpoint equals the saved
+    values, bit for bit} (first, middle and last variable; untimed)."""
+    names = list(arrays)
+    names = list(dict.fromkeys([names[0], names[len(names) // 2], names[-1]]))
+    out = {}
+    for c in contenders:
+        try:
+            got = c.values(paths[c.name], names)
+            out[c.name] = all(np.array_equal(got[n], np.asarray(arrays[n])) for n in names)
+        except Exception as e:  # noqa: BLE001 - reported, not fatal to the benchmark
+            log(f"  {c.name}: checking the restored values failed: {type(e).__name__}: {e}")
+            out[c.name] = False
+        if not out[c.name]:
+            log(f"  WARNING: {c.name} restored values that differ from the saved ones")
+    return out
+
+
 # -- probes -------------------------------------------------------------------------------------
-_warned_no_cache = []
-
-
-def _clear_vs_cache():
-    # varstore caches parsed checkpoint metadata per (path, digest): clear it so that each
-    # probe pays what a reader new to the checkpoint pays (the files are still read). The
-    # cache is private and moves between modules as the library is refactored: clear every
-    # `_ckpt_cache` dict found in a varstore module, and say so when there is none.
-    caches = {id(c): c for name, m in list(sys.modules.items())
-              if name.startswith("varstore") and m is not None
-              for c in [getattr(m, "_ckpt_cache", None)] if isinstance(c, dict)}
-    if not caches and not _warned_no_cache:
-        _warned_no_cache.append(True)
-        log("note: no varstore metadata cache found to clear; 'uncached' figures may be cached")
-    for c in caches.values():
-        c.clear()
-
-
 def _timed(fn):
     t0 = time.perf_counter()
     out = fn()
@@ -537,7 +225,7 @@ def probe_one_variable(paths, name, shape, tf, cold, n=5):
 
 
 def _cleared(fn):
-    _clear_vs_cache()
+    clear_metadata_cache()
     return fn()
 
 
@@ -696,7 +384,7 @@ def run_workload(wname, args, tf, scratch):
     nbytes = nbytes_of(shapes)
     res = {"workload": wname, "nvars": len(shapes), "nbytes": nbytes, "repeat": args.repeat,
            "cold": args.cold}
-    need = 6 * nbytes + (1 << 30)  # varstore, orbax, tf1, numpy x2, async + margin
+    need = 7 * nbytes + (1 << 30)  # varstore x2, orbax, tf1, numpy x2, async + margin
     free = shutil.disk_usage(scratch).free
     if free < need:
         msg = (f"{wname} skipped: {scratch} has {free / 2**30:.1f} GiB free, "
@@ -710,6 +398,10 @@ def run_workload(wname, args, tf, scratch):
     wdir = os.path.join(scratch, wname)
     os.makedirs(wdir)
     contenders = [Varstore(arrays), Orbax(arrays), NumpyFiles(arrays), NumpyOneFile(arrays)]
+    if args.hash_stub and VarstoreNoHash.available():
+        contenders.insert(1, VarstoreNoHash(arrays))
+    elif args.hash_stub:
+        log("  varstore._ckpt_io._xxhash is gone: no checksums-stubbed contender")
     tf1 = None
     if tf is not None:
         t0 = time.perf_counter()
@@ -718,6 +410,7 @@ def run_workload(wname, args, tf, scratch):
         log(f"  TF1 graph + session + loading values: {time.perf_counter() - t0:.1f} s")
     res["times"] = measure(contenders, wdir, args.repeat, args.cold, nbytes)
     paths = {c.name: os.path.join(wdir, c.name.replace(" ", "_")) for c in contenders}
+    res["verified"] = verify(contenders, paths, arrays)
 
     log("  probes")
     res["checksum"] = probe_checksum(arrays)
@@ -780,6 +473,8 @@ def add_arguments(parser):
     parser.add_argument("--no-memory", action="store_true", help="no peak-RSS subprocesses")
     parser.add_argument("--no-prefault", dest="prefault", action="store_false",
                         help="do not touch memory before each timed operation (see PREFAULT)")
+    parser.add_argument("--no-hash-stub", dest="hash_stub", action="store_false",
+                        help="leave out the 'varstore, checksums stubbed' contender")
     parser.add_argument("--all-probes", action="store_true",
                         help="run the one-variable and listing probes on every workload")
 

@@ -92,15 +92,40 @@ def vm_table(res):
             "full).\n\n" + _table(header, body))
 
 
+STUB = "varstore, checksums stubbed"
+
+
+def checksum_cost(res):
+    """{op: (varstore - stubbed) / varstore} measured end to end, or {} without the stub."""
+    rows = summary(res)
+    if STUB not in rows:
+        return {}
+    v, n = rows["varstore"], rows[STUB]
+    return {k: (v[k] - n[k]) / v[k] for k in keys(res) if v[k]}
+
+
 def probes_text(res):
     lines = []
+    if res.get("verified"):
+        bad = [n for n, ok in res["verified"].items() if not ok]
+        lines.append("- Restored values checked bit for bit against the saved ones (first, "
+                     "middle and last variable, after the timings): "
+                     + ("all equal." if not bad else f"**DIFFERENT for {', '.join(bad)}**."))
+    cost = checksum_cost(res)
+    if cost:
+        lines.append(
+            f"- Checksum cost end to end: `{STUB}` is varstore with its XXH3 module "
+            "replaced by a stub returning 0 (through the library's `_ckpt_io._xxhash` hook, "
+            "for this contender's calls only), alternated with the others; (varstore - "
+            "stubbed) / varstore = " + ", ".join(f"{SHORT[k]} {c:+.1%}" for k, c in cost.items())
+            + " (negative: within the noise).")
     v = summary(res)["varstore"]
     ck, ck2 = _med(res["checksum"]["one thread"]), _med(res["checksum"]["two threads"])
     parts = [f"{ck / v['save']:.1%} of varstore's save", f"{ck / v['warm']:.1%} of its warm restore"]
     if res["cold"]:
         parts.append(f"{ck / v['cold']:.1%} of its cold restore")
     lines.append(
-        f"- Checksum cost (varstore has no switch to turn checksums off, so XXH3-64 is timed "
+        f"- Checksum CPU time (varstore has no switch to turn checksums off, so XXH3-64 is timed "
         f"over the same {res['nbytes'] / 2**20:.0f} MiB in this run): {ck:.3f} s on one thread "
         f"= {', '.join(parts)}; {ck2:.3f} s wall on two threads. varstore hashes each 1 MiB "
         "piece in its I/O threads while the piece is in the CPU cache, so this is the CPU time "
@@ -198,10 +223,16 @@ def targets(results):
             frac = _med(r["async"]["return"]) / _med(r["async"]["blocking"])
             out.append((f"{w} async save return < 10% of blocking", f"{frac:.1%}", frac < 0.10))
         ck = _med(r["checksum"]["one thread"])
+        cost = checksum_cost(r)
         for k in ops:
             frac = ck / v[k]
-            out.append((f"{w} checksum < 10% of {_op(k)}",
-                        f"{frac:.1%} (XXH3 {ck:.3f} s, one thread)", frac < 0.10))
+            if k in cost:  # judged end to end; the one-thread XXH3 share shown beside it
+                out.append((f"{w} checksum < 10% of {_op(k)}",
+                            f"{cost[k]:+.1%} end to end (XXH3 alone, one thread: {frac:.1%})",
+                            cost[k] < 0.10))
+            else:
+                out.append((f"{w} checksum < 10% of {_op(k)}",
+                            f"{frac:.1%} (XXH3 {ck:.3f} s, one thread)", frac < 0.10))
         if "one_variable" in r:
             ov = r["one_variable"]
             for k in [k for k in ov if isinstance(ov[k], dict) and k.startswith("varstore")]:
