@@ -6,9 +6,14 @@ Workloads (float32, random values; as in shared/BASELINES.md):
   W3  8 variables of (16384, 4096) + "small"  2 GiB + one 4 KiB variable (for the
       partial-restore probe); run only when asked and when the disk has room.
 
-Contenders, alternated within every repeat (the order rotates), medians over repeats:
+Contenders (saver_contenders.py), alternated within every repeat (the order rotates),
+medians over repeats:
   varstore         `vs.train.Saver(names).save(store, prefix)` (blocking: atomic, fsynced)
                    / `.restore(prefix)` onto the default device.
+  varstore, checksums stubbed
+                   the same with the library's hashing module (`_ckpt_io._xxhash`, a test
+                   hook) replaced by a stub for its calls only: the end-to-end checksum cost
+                   (`--no-hash-stub` leaves it out).
   orbax            raw `ocp.StandardCheckpointer()` save + `wait_until_finished()` (its
                    defaults: OCDBT, zarr3, zstd) / `restore(path, abstract target)`.
   numpy files      one raw file per variable, write + fsync (files and directory) / readinto
@@ -24,6 +29,9 @@ warm; the first read of just-written files is often much slower on this kind of 
 "cold" = after `echo 3 > /proc/sys/vm/drop_caches` (root only; skipped with a message
 otherwise). Bytes read from storage and kernel memory counters are recorded per restore.
 Tables and targets: saver_report.py.
+
+After the timings, each contender's last checkpoint is restored once more and three
+variables are compared bit for bit with the saved values.
 
 Probes (see `--help`): one 4 KiB variable out of the 2 GiB W3 checkpoint (varstore partial
 restore and `load_variable`, Orbax `PyTreeRestore(partial_restore=True)`, TF
@@ -42,7 +50,8 @@ The module imports bench_init (for its helpers), which gives JAX 8 host CPU devi
 for every contender; all arrays here live on device 0.
 
 Run: python benchmarks/bench_saver.py [--workloads W1,W2[,W3]] [--repeat 3] [--dir DIR]
-                                      [--quick] [--no-cold] [--no-tf]
+                                      [--quick] [--no-cold] [--no-tf] [--no-memory]
+                                      [--no-prefault] [--no-hash-stub] [--all-probes]
 Optional contenders: `pip install tensorflow-cpu` (TF1 rows; skipped when not importable).
 """
 
