@@ -248,6 +248,65 @@ def test_inspect_unknown_tensor_suggests_close_names(runs):
     assert "Tensor 'vv' is not in checkpoint" in line and "Did you mean 'v'?" in line
 
 
+_HEAVY = ("jax", "jaxlib", "tensorstore", "orbax.checkpoint", "flax")
+
+_REPORT_IMPORTS = """
+import runpy, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+except SystemExit as e:
+    code = e.code
+else:
+    code = 0
+print("EXIT", code, "HEAVY", sorted(m for m in {heavy!r} if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize(
+    "module, args",
+    [
+        ("varstore._cli", ["inspect", "{a}"]),
+        ("varstore._cli", ["inspect", "{a}", "--json"]),
+        ("varstore._cli", ["ls", "{train}"]),
+        ("varstore._cli", ["diff", "{a}", "{b}"]),
+        ("varstore._cli", ["plan", "{a}", "--like", "{b}"]),
+        ("varstore._cli", ["inspect", str(HOWTO)]),
+        ("varstore.inspect_checkpoint", ["--file_name={a}"]),
+    ],
+)
+def test_metadata_commands_never_import_jax(ckpts, module, args):
+    # What keeps `varstore inspect` under a second: answering from metadata never pays
+    # the import of JAX, tensorstore or Orbax (about a second on a small machine).
+    r = subprocess.run(
+        [sys.executable, "-c", _REPORT_IMPORTS.format(heavy=_HEAVY), module]
+        + [a.format(**ckpts) for a in args],
+        capture_output=True,
+        text=True,
+        env=_one_device_env(),
+        timeout=120,
+    )
+    assert r.stdout.splitlines()[-1] in ("EXIT 0 HEAVY []", "EXIT 1 HEAVY []"), r.stderr
+
+
+def test_import_varstore_is_lazy_but_complete():
+    code = (
+        "import sys, varstore as vs\n"
+        "print('jax' in sys.modules)\n"
+        "missing = [n for n in vs.__all__ if not hasattr(vs, n)]\n"
+        "print(missing, 'jax' in sys.modules, set(vs.__all__) <= set(dir(vs)))\n"
+        "from varstore import *\n"
+        "print(Variable is vs.Variable, train.Saver is vs.train.Saver)\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True,
+        env=_one_device_env(), timeout=120,
+    )
+    assert r.stdout.splitlines() == ["False", "[] True True", "True True"], r.stderr
+    with pytest.raises(AttributeError, match="has no attribute 'Varaible'"):
+        vs.Varaible  # noqa: B018
+
+
 # --------------------------------------------------------------------------- ls
 
 _ROW = re.compile(

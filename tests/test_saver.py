@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from jax.sharding import PartitionSpec
 
 import varstore as vs
 
@@ -340,6 +341,38 @@ def test_async_save_returns_before_the_write_and_loses_nothing(tmp_path):
     assert vs.train.latest_checkpoint(str(tmp_path)) == path2
 
 
+def test_async_save_survives_deleted_and_donated_arrays(tmp_path):
+    # A background save holds the arrays' buffers instead of copying them (what makes
+    # `blocking=False` return at once): deleting them, or donating them to a jit that
+    # overwrites its input in place, must not change what is written.
+    mesh = jax.make_mesh((8,), ("x",))
+    names = [f"v{i}" for i in range(6)]
+    for i, name in enumerate(names):
+        if i % 2:
+            with vs.device(PartitionSpec("x"), mesh=mesh):
+                vs.Variable(vs.random_normal([1024, 1024]), name=name)
+        else:
+            vs.Variable(vs.random_normal([1024, 1024]), name=name)
+    store = vs.initialize_all_variables()(3)
+    expected = {n: np.array(store[n], copy=True) for n in names}
+    saver = vs.train.Saver()
+    path = saver.save(store, str(tmp_path / "m"), blocking=False)
+
+    overwrite = jax.jit(lambda a: a * 0.0 - 7.0, donate_argnums=0)
+    arrays = dict(store.to_dict())
+    del store
+    clobbered = [overwrite(arrays.pop(n)) for n in names[:3]]  # donated
+    for n in names[3:]:
+        arrays.pop(n).delete()
+    filler = [jnp.full((1024, 1024), 9.0) + i for i in range(12)]  # reuse freed memory
+    jax.block_until_ready((clobbered, filler))
+    saver.wait_until_finished()
+
+    restored = saver.restore(path)
+    for n in names:
+        np.testing.assert_array_equal(restored[n], expected[n], err_msg=n)
+
+
 def test_save_inside_jit_is_refused(howto, tmp_path):
     *_, store = howto
     saver = vs.train.Saver()
@@ -353,3 +386,30 @@ def test_restore_an_undeclared_name(tmp_path):
     )
     restored = vs.train.Saver(["x"]).restore(path)
     np.testing.assert_array_equal(restored["x"], np.arange(3))
+
+
+@pytest.mark.parametrize("writer", ["varstore", "orbax"])
+def test_restore_refuses_int64_values_that_int32_would_change(tmp_path, writer):
+    # Without jax_enable_x64 an int64 variable is declared int32; a checkpoint step of
+    # 2**40 must not come back silently wrapped around (it would be 0).
+    path = str(tmp_path / "m")
+    values = {"step": np.array([2**40, 5], np.int64), "small": np.array([7, -3], np.int64)}
+    if writer == "varstore":
+        from varstore import _ckpt_io
+
+        _ckpt_io.write(path, values).wait()
+    else:
+        ckptr = ocp.StandardCheckpointer()
+        ckptr.save(path, values)
+        ckptr.wait_until_finished()
+    step = vs.Variable(vs.zeros([2], dtype=np.int64), name="step")
+    small = vs.Variable(vs.zeros([2], dtype=np.int64), name="small")
+    assert step.dtype == np.int32  # what JAX gives without 64-bit types
+    with pytest.raises(
+        vs.CheckpointError,
+        match=r"'step' .* holds int64 values \(1099511627776\) that its declared dtype "
+        r"int32 cannot represent.*jax_enable_x64",
+    ):
+        vs.train.Saver().restore(path)
+    restored = vs.train.Saver([small]).restore(path)  # values that fit are cast
+    np.testing.assert_array_equal(restored[small], np.array([7, -3], np.int32))

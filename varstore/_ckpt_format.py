@@ -12,7 +12,6 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-import jax
 import ml_dtypes
 import numpy as np
 
@@ -56,6 +55,7 @@ _OCDBT_TARGET_DATA_FILE_SIZE = 256 << 20
 _OCDBT_INDEX_MAX_BYTES = 4 << 30  # locate chunks in OCDBT data files up to this total
 _OCDBT_INDEX_MIN_VALUE = 128
 _OCDBT_INDEX_WINDOW = 1 << 16
+_OCDBT_INDEX_SCANS = 64  # whole-file searches per save when a chunk is not near the last
 _ALIGN = 64  # XLA's CPU client adopts host buffers aligned to this without a copy
 
 # _choose_layout: OCDBT unless the data is large (measured on 2 cores, ext4: OCDBT saved
@@ -130,6 +130,34 @@ _NUMPY_DTYPES = frozenset(
     "bool int8 int16 int32 int64 uint8 uint16 uint32 uint64 "
     "float16 float32 float64 complex64 complex128".split()
 )
+
+
+def cast_checked(values: np.ndarray, dtype, name: str, path: str) -> np.ndarray:
+    """`values` as `dtype` (a restore casts to the declared dtype), refusing integer
+    casts that would change a value: int64 steps and counters restored while JAX runs
+    without 64-bit types are declared int32, and wrapping them around loses data."""
+    dtype = np.dtype(dtype)
+    if values.dtype == dtype:
+        return values
+    if values.dtype.kind in "iu" and dtype.kind in "iu" and values.size:
+        lo, hi = np.iinfo(dtype).min, np.iinfo(dtype).max
+        vmin, vmax = values.min(), values.max()
+        if vmin < lo or vmax > hi:
+            bad = vmax if vmax > hi else vmin
+            hint = (
+                " JAX is running without 64-bit types, so int64 variables are int32: "
+                "enable them with jax.config.update('jax_enable_x64', True) before "
+                "declaring variables."
+                if values.dtype.itemsize == 8 and dtype.itemsize == 4
+                else ""
+            )
+            raise CheckpointError(
+                f"Variable {name!r} in checkpoint {path!r} holds {values.dtype} values "
+                f"({bad}) that its declared dtype {dtype} cannot represent; restoring "
+                f"would change them.{hint} Or declare the variable with a dtype that "
+                "holds them."
+            )
+    return values.astype(dtype)
 
 
 def _fill_value_json(dtype_name: str) -> Any:
@@ -270,6 +298,8 @@ def _index_to_region(index, shape) -> tuple[tuple[int, int], ...]:
 def _sharding_description(sharding) -> str | None:
     if sharding is None:
         return None
+    import jax  # only savers pass shardings; readers of metadata never import JAX
+
     try:
         if isinstance(sharding, jax.sharding.NamedSharding):
             mesh = ", ".join(f"{k}={v}" for k, v in sharding.mesh.shape.items())

@@ -45,6 +45,13 @@ class _WEntry:
     sharding: str | None
 
 
+# _JAX_SNAPSHOT: a background save (copy=True) must not see later changes to what it was
+# given.  NumPy arrays are copied.  A jax.Array is immutable, and `np.asarray` of one is
+# either a fresh host copy (accelerators) or, on CPU, a zero-copy view that holds a PJRT
+# external reference on the buffer: while it lives, `delete()` leaves the memory alive
+# and donating the array to a jit makes XLA allocate a new output instead of reusing it.
+# So the view is already a snapshot, and a background save of W1 (512 MiB) returns
+# without copying anything (tests/test_saver.py pins this with deletes and donations).
 def _host_array(value, copy: bool) -> np.ndarray:
     arr = np.asarray(value)
     dtype = _dtype_from_name(_dtype_name(arr.dtype))
@@ -81,8 +88,7 @@ def _plan_entry(name: str, keys: tuple[str, ...], value, copy: bool) -> _WEntry:
     except CheckpointError as e:
         raise CheckpointError(f"Variable {name!r}: {e}") from None
     sharding = value.sharding
-    if copy and all(d.platform != "cpu" for d in sharding.device_set):
-        copy = False  # np.asarray of an accelerator array is already a fresh host copy
+    copy = False  # see _JAX_SNAPSHOT
     desc = _sharding_description(sharding)
     if len(sharding.device_set) == 1:  # fast path: one device, one chunk
         return _single_chunk_entry(name, keys, _host_array(value, copy), desc)
@@ -172,6 +178,7 @@ def plan_entry_multiprocess(name: str, keys: tuple[str, ...], value, copy: bool)
     except CheckpointError as e:
         raise CheckpointError(f"Variable {name!r}: {e}") from None
     sharding = value.sharding
+    copy = False  # see _JAX_SNAPSHOT
     shape = tuple(int(s) for s in value.shape)
     desc = _sharding_description(sharding)
     me = jax.process_index()

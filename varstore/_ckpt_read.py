@@ -434,10 +434,14 @@ def _read(path, targets: Mapping[str, tuple]) -> dict[str, jax.Array]:
         for r in regions:
             if r.buf.dtype != dtype:
                 cast = _aligned_empty(r.buf.shape, dtype)
-                cast[...] = r.buf.astype(dtype)
+                cast[...] = _fmt.cast_checked(r.buf, dtype, name, ck.path)
                 r.buf = cast
         if sharding is None:
             default_bufs.append(regions[0].buf)
+            continue
+        if len(order) == 1 and len(sharding.device_set) == 1:  # straight onto its sharding
+            bufs.append(regions[0].buf)
+            devs.append(sharding)
             continue
         by_region = {r.region: r for r in regions}
         for dev, region in order:
@@ -454,7 +458,10 @@ def _read(path, targets: Mapping[str, tuple]) -> dict[str, jax.Array]:
             continue
         singles = placed[i : i + len(order)]
         i += len(order)
-        out[name] = jax.make_array_from_single_device_arrays(e.shape, sharding, singles)
+        if len(order) == 1 and len(sharding.device_set) == 1:
+            out[name] = singles[0]
+        else:
+            out[name] = jax.make_array_from_single_device_arrays(e.shape, sharding, singles)
     return out
 
 

@@ -290,19 +290,30 @@ class _SaveJob:
                 finally:
                     os.close(fd)
             pos = {n: 0 for n in files}
+            last = files[0] if files else None
+            scans = 0
             for key, chunk, data in sorted(values, key=lambda v: v[0].encode()):
                 if len(data) < _fmt._OCDBT_INDEX_MIN_VALUE:
                     continue  # probably inline in a B-tree node
                 found = None
-                for n in files:
+                # Consecutive keys usually share a data file: look there first.
+                for n in sorted(files, key=lambda n: n != last):
                     mm, start = maps[n], pos[n]
                     off = mm.find(data[:64], start, start + _fmt._OCDBT_INDEX_WINDOW + 64)
                     if off >= 0 and mm[off : off + len(data)] == data:
                         found = (n, off)
                         break
+                if found is None and scans < _fmt._OCDBT_INDEX_SCANS:
+                    # TensorStore writes key ranges in parallel, so a file holds a few
+                    # runs in key order and the next run starts anywhere: scan whole
+                    # files, a bounded number of times and candidates (values it did
+                    # not store verbatim would otherwise cost a scan each).
+                    scans += 1
+                    found = _scan_for(maps, sorted(files, key=lambda n: n != last), data)
                 if found is None:
                     continue
                 pos[found[0]] = found[1] + len(data)
+                last = found[0]
                 if chunk is not None:
                     chunk.loc = found
         finally:
@@ -419,3 +430,17 @@ class _SaveJob:
                 _active_tmp.discard(self.tmp)
             for e in self.entries:  # release host copies early
                 e.chunks = [_WChunk(c.key, np.empty(0, np.uint8), c.digest) for c in e.chunks]
+
+
+def _scan_for(maps: dict, files: list[str], data: bytes) -> tuple[str, int] | None:
+    """Where `data` lies in one of the mapped files (the first few candidates only)."""
+    for n in files:
+        mm, off = maps[n], -1
+        for _ in range(8):  # a run of equal bytes (zeros) matches at every offset
+            off = mm.find(data[:64], off + 1)
+            if off < 0:
+                break
+            if mm[off : off + len(data)] == data:
+                return n, off
+    return None
+

@@ -16,10 +16,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
 import numpy as np
-
-from . import _placement
 
 __all__ = [
     "format_table",
@@ -77,6 +74,10 @@ def format_table(
 
 
 def _placement_of(value: Any) -> str:
+    import jax  # a store is made of JAX arrays, so JAX is imported already
+
+    from . import _placement
+
     sharding = getattr(value, "sharding", None)
     if isinstance(value, jax.core.Tracer) or sharding is None:
         return "traced"

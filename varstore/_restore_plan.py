@@ -12,16 +12,17 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ._display import shape_str
 from ._errors import CheckpointError, InvalidNameError, close_names
-from ._graph import get_default_graph, global_variables
 from ._names import check_name
 from ._sources import Entry, Source, open_checkpoint
-from ._variable import Variable
+
+if TYPE_CHECKING:  # declarations (and JAX) are imported by the Saver paths that need them
+    from ._variable import Variable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +35,9 @@ class Binding:
 
 
 def _var_and_name(item: Any, where: str) -> tuple[str, Variable | None]:
+    from ._graph import get_default_graph
+    from ._variable import Variable
+
     if isinstance(item, Variable):
         return item.name, item
     if isinstance(item, str):
@@ -52,6 +56,9 @@ def bindings(var_list: Any, allow_empty: bool = False) -> list[Binding]:
       CheckpointError: duplicates, nesting clashes, or nothing to save.
       InvalidNameError: a checkpoint name that is not a valid name.
     """
+    from ._graph import global_variables
+    from ._variable import Variable
+
     out: list[Binding] = []
     if var_list is None:
         out = [Binding(v.name, v.name, v) for v in global_variables()]

@@ -132,8 +132,10 @@ class Saver:
           store: the values.
           save_path: the checkpoint path, e.g. `/tmp/train/model.ckpt`.
           global_step: if given, the checkpoint is `f"{save_path}-{global_step}"`.
-          blocking: if False, return once the arrays are copied off the devices and
-            write in the background; `wait_until_finished()` waits for the write.
+          blocking: if False, return once the values are held (on CPU, a zero-copy
+            hold on the arrays' buffers, which later `delete()` or donation cannot
+            reuse; on accelerators, a copy in host memory) and write in the
+            background; `wait_until_finished()` waits for the write.
 
         Returns:
           The path of the checkpoint.

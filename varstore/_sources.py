@@ -12,14 +12,16 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jax
 import numpy as np
 
 from . import _checkpoint_state, _ckpt_io, _tf1_bundle
 from ._errors import CheckpointError, NotFoundError, close_names
 from ._progress import progress
+
+if TYPE_CHECKING:  # metadata readers (the `varstore` command) never import JAX
+    import jax
 
 STATE_FILENAME = "checkpoint"
 
@@ -167,7 +169,9 @@ class _TF1Source(Source):
                 f"Variable {name!r} has shape {tuple(shape)} but checkpoint "
                 f"{self.path!r} holds shape {tuple(value.shape)}."
             )
-        value = value.astype(dtype, copy=False)
+        value = _ckpt_io.cast_checked(value, dtype, name, self.path)
+        import jax
+
         if sharding is None:
             return jax.numpy.asarray(value)
         return jax.device_put(value, sharding)
