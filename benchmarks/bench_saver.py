@@ -49,9 +49,15 @@ Before every timed operation, memory of the size it needs is touched and freed, 
 The module imports bench_init (for its helpers), which gives JAX 8 host CPU devices
 for every contender; all arrays here live on device 0.
 
+`--multiprocess` runs, instead of all the above, the 2-process case of saver_multiprocess.py
+(see its docstring): varstore's save and restore in 2 JAX processes of 1 CPU device each
+against 1 process of 2 devices, same global arrays sharded over the 2 devices, throughput
+and ratio; it takes --workloads, --quick, --repeat, --dir and --no-prefault.
+
 Run: python benchmarks/bench_saver.py [--workloads W1,W2[,W3]] [--repeat 3] [--dir DIR]
                                       [--quick] [--no-cold] [--no-tf] [--no-memory]
                                       [--no-prefault] [--no-hash-stub] [--all-probes]
+                                      [--multiprocess]
 Optional contenders: `pip install tensorflow-cpu` (TF1 rows; skipped when not importable).
 """
 
@@ -84,6 +90,7 @@ from saver_contenders import (  # noqa: E402, F401  (FULL, QUICK, ...: used by c
     Orbax, Tf1, Varstore, VarstoreNoHash, can_drop_caches, clean, drop_caches, import_tf,
     clear_metadata_cache, log, make_arrays, nbytes_of, nest, page_reporting, prefault, workload_shapes)
 from saver_report import report, targets_table  # noqa: E402
+import saver_multiprocess  # noqa: E402
 
 del bench_init  # imported for its environment set-up
 
@@ -491,6 +498,9 @@ def add_arguments(parser):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
+    parser.add_argument("--multiprocess", action="store_true",
+                        help="only the 2-process vs 1-process case (saver_multiprocess.py) on "
+                             "--workloads; --quick, --repeat, --dir, --no-prefault apply")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -501,6 +511,9 @@ def main():
         parser.error(f"--workloads: unknown {sorted(unknown)}; use W1, W2, W3")
     if args.quick and args.repeat == 3:
         args.repeat = 1
+    if args.multiprocess:
+        saver_multiprocess.run(args)
+        return
     print(f"jax {jax.__version__}, orbax-checkpoint {ocp.__version__}, repeat={args.repeat}, "
           f"cold={args.cold}")
     results = run(args)
