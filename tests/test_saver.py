@@ -1,4 +1,5 @@
 import os
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -341,10 +342,20 @@ def test_async_save_returns_before_the_write_and_loses_nothing(tmp_path):
     assert vs.train.latest_checkpoint(str(tmp_path)) == path2
 
 
-def test_async_save_survives_deleted_and_donated_arrays(tmp_path):
+def test_async_save_survives_deleted_and_donated_arrays(tmp_path, monkeypatch):
     # A background save holds the arrays' buffers instead of copying them (what makes
     # `blocking=False` return at once): deleting them, or donating them to a jit that
     # overwrites its input in place, must not change what is written.
+    from varstore import _ckpt_io
+
+    gate = threading.Event()
+    real_run = _ckpt_io._SaveJob.run
+
+    def gated_run(self):  # the write starts only after the deletes and donations
+        assert gate.wait(60)
+        real_run(self)
+
+    monkeypatch.setattr(_ckpt_io._SaveJob, "run", gated_run)
     mesh = jax.make_mesh((8,), ("x",))
     names = [f"v{i}" for i in range(6)]
     for i, name in enumerate(names):
@@ -366,6 +377,7 @@ def test_async_save_survives_deleted_and_donated_arrays(tmp_path):
         arrays.pop(n).delete()
     filler = [jnp.full((1024, 1024), 9.0) + i for i in range(12)]  # reuse freed memory
     jax.block_until_ready((clobbered, filler))
+    gate.set()
     saver.wait_until_finished()
 
     restored = saver.restore(path)

@@ -52,10 +52,6 @@ _FUSED_BLOCK = 1 << 20  # I/O is hashed in pieces of this size while they are in
 _SMALL_BATCH = 32
 _SYNCFS_MIN_FILES = 512  # "files" layout with more files than this: one syncfs, not N fsyncs
 _OCDBT_TARGET_DATA_FILE_SIZE = 256 << 20
-_OCDBT_INDEX_MAX_BYTES = 4 << 30  # locate chunks in OCDBT data files up to this total
-_OCDBT_INDEX_MIN_VALUE = 128
-_OCDBT_INDEX_WINDOW = 1 << 16
-_OCDBT_INDEX_SCANS = 64  # whole-file searches per save when a chunk is not near the last
 _ALIGN = 64  # XLA's CPU client adopts host buffers aligned to this without a copy
 
 # _choose_layout: OCDBT unless the data is large (measured on 2 cores, ext4: OCDBT saved

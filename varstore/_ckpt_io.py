@@ -192,7 +192,6 @@ _OWNED = {
     **{n: _ckpt_format for n in (
         "_IO_THREADS", "_RANGE_BYTES", "_HASH_BLOCK", "_SMALL_FILE_BYTES", "_FUSED_BLOCK",
         "_SMALL_BATCH", "_SYNCFS_MIN_FILES", "_OCDBT_TARGET_DATA_FILE_SIZE",
-        "_OCDBT_INDEX_MAX_BYTES", "_OCDBT_INDEX_MIN_VALUE", "_OCDBT_INDEX_WINDOW", "_OCDBT_INDEX_SCANS",
         "_OCDBT_MAX_MEAN_CHUNK_BYTES", "_OCDBT_MAX_CHUNK_BYTES", "_OCDBT_MAX_TOTAL_BYTES",
     )},
     "_force_rename_fallback": _ckpt_fs,

@@ -4,6 +4,7 @@ its metadata, and commits it by an atomic rename."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import threading
@@ -53,6 +54,8 @@ from ._ckpt_hash import (
 from ._ckpt_open import is_checkpoint
 from ._ckpt_plan import _WChunk, _WEntry
 from ._progress import Progress, progress
+
+_log = logging.getLogger("varstore._ckpt_io")
 
 
 class _Tracker:
@@ -237,22 +240,17 @@ class _SaveJob:
         kv = ts.KvStore.open(spec, context=ctx).result()
         txn = ts.Transaction()
         kvt = kv.with_transaction(txn)
-        values: list[tuple[str, _WChunk | None, bytes]] = []
+        chunks: dict[bytes, _WChunk] = {}
         for e in self.entries:
-            zj = _zarr3_json(e.shape, e.dtype_name, e.chunk_shape)
-            kvt.write(f"{e.dir}/zarr.json", zj)
-            values.append((f"{e.dir}/zarr.json", None, zj))
+            kvt.write(f"{e.dir}/zarr.json", _zarr3_json(e.shape, e.dtype_name, e.chunk_shape))
             for c in e.chunks:
-                b = c.data.tobytes()
-                kvt.write(f"{e.dir}/{c.key}", b)
-                values.append((f"{e.dir}/{c.key}", c, b))
+                kvt.write(f"{e.dir}/{c.key}", c.data.tobytes())
+                chunks[f"{e.dir}/{c.key}".encode()] = c
         txn.commit_async().result()
         del kv, kvt, txn
         # One step after the commit (empty variables were counted up front).
         self.track.bar.advance(self._data_bytes(), sum(1 for e in self.entries if e.chunks))
-        if sum(len(b) for _, _, b in values) <= _fmt._OCDBT_INDEX_MAX_BYTES:
-            self._index_ocdbt_values(values)
-        del values
+        self._index_ocdbt_values(chunks)
         self._write_metadata_files()
         # TensorStore fsyncs the files it writes; make sure of them and of the directories.
         paths = []
@@ -262,63 +260,32 @@ class _SaveJob:
         _run_all([(lambda p=p, isdir=isdir: _fsync_path(p, isdir)) for p, isdir in paths])
         _fsync_path(tmp, True)
 
-    def _index_ocdbt_values(self, values) -> None:
+    def _index_ocdbt_values(self, chunks: dict[bytes, _WChunk]) -> None:
         """Records where OCDBT put each chunk inside its data files (a read-side shortcut).
 
-        TensorStore stores values longer than its inline limit verbatim in data files under
-        ``d/``, in key order.  We look each chunk up near the running offset and record
-        (file, offset) for the ones found.  These are hints only: readers verify the bytes
-        against the chunk checksum and fall back to a kvstore read on any mismatch, so a
-        wrong or stale hint costs time, never correctness.
+        TensorStore stores values longer than its inline limit verbatim in data files
+        under ``d/``; its own dump of the new B+tree (`ts.ocdbt.dump`) gives each key's
+        (file, offset, length).  These are hints only: readers verify the bytes against
+        the chunk checksum and fall back to a kvstore read on any mismatch, so a wrong
+        or missing hint costs time, never correctness.
         """
-        import mmap
-
-        ddir = os.path.join(self.tmp, "d")
         try:
-            names = sorted(os.listdir(ddir))
-        except OSError:
-            return
-        maps, files = {}, []
-        try:
-            for n in names:
-                fd = os.open(os.path.join(ddir, n), os.O_RDONLY)
-                try:
-                    size = os.fstat(fd).st_size
-                    if size:
-                        maps[n] = mmap.mmap(fd, size, prot=mmap.PROT_READ)
-                        files.append(n)
-                finally:
-                    os.close(fd)
-            pos = {n: 0 for n in files}
-            last = files[0] if files else None
-            scans = 0
-            for key, chunk, data in sorted(values, key=lambda v: v[0].encode()):
-                if len(data) < _fmt._OCDBT_INDEX_MIN_VALUE:
-                    continue  # probably inline in a B-tree node
-                found = None
-                # Consecutive keys usually share a data file: look there first.
-                for n in sorted(files, key=lambda n: n != last):
-                    mm, start = maps[n], pos[n]
-                    off = mm.find(data[:64], start, start + _fmt._OCDBT_INDEX_WINDOW + 64)
-                    if off >= 0 and mm[off : off + len(data)] == data:
-                        found = (n, off)
-                        break
-                if found is None and scans < _fmt._OCDBT_INDEX_SCANS:
-                    # TensorStore writes key ranges in parallel, so a file holds a few
-                    # runs in key order and the next run starts anywhere: scan whole
-                    # files, a bounded number of times and candidates (values it did
-                    # not store verbatim would otherwise cost a scan each).
-                    scans += 1
-                    found = _scan_for(maps, sorted(files, key=lambda n: n != last), data)
-                if found is None:
-                    continue
-                pos[found[0]] = found[1] + len(data)
-                last = found[0]
-                if chunk is not None:
-                    chunk.loc = found
-        finally:
-            for mm in maps.values():
-                mm.close()
+            base = ts.KvStore.open({"driver": "file", "path": self.tmp + "/"}).result()
+            manifest = ts.ocdbt.dump(base).result()
+            latest = max(manifest["versions"], key=lambda v: v["generation_number"])
+            pending = [(latest["root"]["location"], b"")] if "location" in latest["root"] else []
+            while pending:
+                location, prefix = pending.pop()
+                node = ts.ocdbt.dump(base, location).result()
+                for entry in node["entries"]:
+                    if node["height"] > 0:  # keys below are relative to the subtree prefix
+                        pending.append(
+                            (entry["location"], prefix + entry.get("subtree_common_prefix", b""))
+                        )
+                    elif "indirect_value" in entry:
+                        _record_location(chunks.get(prefix + entry["key"]), entry["indirect_value"])
+        except Exception as e:  # noqa: BLE001 - hints only: a checkpoint without them is valid
+            _log.debug("No OCDBT location hints for %r: %s", self.tmp, e)
 
     def _write_metadata_files(self) -> list[str]:
         """Writes _METADATA, _CHECKPOINT_METADATA and ours (not fsynced); returns their paths."""
@@ -432,15 +399,11 @@ class _SaveJob:
                 e.chunks = [_WChunk(c.key, np.empty(0, np.uint8), c.digest) for c in e.chunks]
 
 
-def _scan_for(maps: dict, files: list[str], data: bytes) -> tuple[str, int] | None:
-    """Where `data` lies in one of the mapped files (the first few candidates only)."""
-    for n in files:
-        mm, off = maps[n], -1
-        for _ in range(8):  # a run of equal bytes (zeros) matches at every offset
-            off = mm.find(data[:64], off + 1)
-            if off < 0:
-                break
-            if mm[off : off + len(data)] == data:
-                return n, off
-    return None
-
+def _record_location(chunk: _WChunk | None, reference: str) -> None:
+    """Sets `chunk.loc` from a dump reference ``value::d/<file>:<offset>:<length>``."""
+    if chunk is None:
+        return
+    where, offset, length = reference.rsplit(":", 2)
+    directory, _, fname = where.rpartition("/")
+    if directory.endswith(":d") and fname and int(length) == chunk.data.nbytes:
+        chunk.loc = (fname, int(offset))
