@@ -166,6 +166,7 @@ import importlib
 from . import _ckpt_format, _ckpt_fs, _ckpt_hash, _ckpt_open
 from ._ckpt_format import EntryInfo, cast_checked
 from ._ckpt_format import _check_names as check_names
+from ._ckpt_fs import _gc_paused as gc_paused
 from ._ckpt_fs import cleanup_tmp, remove_checkpoint
 from ._ckpt_open import is_checkpoint, read_entries, read_extra_metadata
 
@@ -175,6 +176,7 @@ __all__ = [
     "cast_checked",
     "check_names",
     "cleanup_tmp",
+    "gc_paused",
     "is_checkpoint",
     "read",
     "read_entries",

@@ -338,25 +338,26 @@ class Saver:
         # With several processes, all of them restore together: one that restores alone
         # fails here after VARSTORE_BARRIER_TIMEOUT seconds instead of hanging later.
         _ckpt_io.sync_processes(f"Restoring checkpoint {save_path!r}")
-        source = open_checkpoint(save_path)
-        plan = make_plan(source, self._bindings, store)
-        raise_for(plan, on_missing)
-        by_ckpt = {b.ckpt_name: b for b in self._bindings}
-        targets = {}
-        for r in plan.restored:
-            b = by_ckpt[r.ckpt_name]
-            if b.variable is not None:
-                sharding = b.variable.device
-            elif store is not None and b.var_name in store:
-                sharding = getattr(store[b.var_name], "sharding", None)
-            else:
-                sharding = None
-            targets[r.ckpt_name] = (r.shape, r.dtype, sharding)
-        values = source.read(targets)
-        restored = {by_ckpt[c].var_name: v for c, v in values.items()}
-        base = {} if store is None else store.to_dict()
-        base.update(restored)
-        return _new(base)
+        with _ckpt_io.gc_paused():  # thousands of small objects per restore
+            source = open_checkpoint(save_path)
+            plan = make_plan(source, self._bindings, store)
+            raise_for(plan, on_missing)
+            by_ckpt = {b.ckpt_name: b for b in self._bindings}
+            targets = {}
+            for r in plan.restored:
+                b = by_ckpt[r.ckpt_name]
+                if b.variable is not None:
+                    sharding = b.variable.device
+                elif store is not None and b.var_name in store:
+                    sharding = getattr(store[b.var_name], "sharding", None)
+                else:
+                    sharding = None
+                targets[r.ckpt_name] = (r.shape, r.dtype, sharding)
+            values = source.read(targets)
+            restored = {by_ckpt[c].var_name: v for c, v in values.items()}
+            base = {} if store is None else store.to_dict()
+            base.update(restored)
+            return _new(base)
 
     def __repr__(self) -> str:
         return f"<vs.train.Saver of {len(self._bindings)} variables>"
