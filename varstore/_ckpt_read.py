@@ -245,6 +245,10 @@ def _plan_regions(shape, sharding) -> tuple[list[_Region], list | None]:
     full = tuple((0, s) for s in shape)
     if sharding is None:
         return [_Region(full, [None])], None
+    if len(sharding.device_set) == 1:  # the common case, without JAX's index map
+        (dev,) = sharding.device_set
+        if dev.process_index == jax.process_index():
+            return [_Region(full, [dev])], [(dev, full)]
     idx_map = sharding.addressable_devices_indices_map(tuple(shape))
     groups: dict[tuple, _Region] = {}
     order = []
