@@ -107,19 +107,24 @@ flushes other dirty data of the same file system).
 
 Asynchronous writes
 -------------------
-``write(..., blocking=False)`` copies the arrays to host memory, returns, and writes in a
-non-daemon thread; the next ``write`` first waits for it.  ``SaveHandle.wait()`` re-raises
-a failure as ``CheckpointError``; ``wait_all()`` raises for failures nobody waited on.  A
-pending save also completes when the interpreter exits (a ``threading`` exit hook runs
-before ``concurrent.futures`` shuts its pools down).  ``blocking=True`` needs no copy: on
-CPU the saved bytes are read straight out of the device buffers.
+``write(..., blocking=False)`` takes a snapshot (NumPy arrays are copied; a jax.Array is
+held as a zero-copy view on CPU, see ``_ckpt_plan._JAX_SNAPSHOT``, and copied to host
+memory from accelerators), returns, and writes in a non-daemon thread; the next
+``write`` first waits for it.  ``SaveHandle.wait()`` re-raises a failure as
+``CheckpointError``; ``wait_all()`` raises for failures nobody waited on.  A pending
+save also completes when the interpreter exits (a ``threading`` exit hook runs before
+``concurrent.futures`` shuts its pools down).  ``blocking=True`` needs no copy either:
+on CPU the saved bytes are read straight out of the device buffers.
 
 Reading
 -------
 Each target region (one per distinct shard of the target sharding, or the whole array)
 gets an aligned host buffer; when a stored chunk is exactly that region it is read
 directly into it, otherwise the overlapping chunks are read once, verified and copied in.
-All buffers then go to their devices in one batched ``jax.device_put`` (per-call overhead
+In OCDBT checkpoints, chunks whose place in the data files was recorded at save time
+(from TensorStore's dump of the B+tree) are read with ``preadv``, neighbours together
+(runs of up to 4 MiB through gaps of at most 4 KiB), each verified, falling back to a
+TensorStore read for any that does not verify.  All buffers then go to their devices in one batched ``jax.device_put`` (per-call overhead
 is ~20 us, a large part of a 2,000-variable restore).  Small buffers are carved out of
 shared 8 MiB blocks.  Peak host memory of a restore onto one CPU device is the data size
 (measured 1.00x for 2 GiB; Orbax 1.45-1.8x, NumPy-read-then-device_put 2x).  Parsed

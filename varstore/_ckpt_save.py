@@ -104,7 +104,8 @@ def write(
     """Saves `arrays` ({name: jax.Array | numpy array}) as a checkpoint directory `path`.
 
     Atomic and durable (see the module docstring).  `blocking=False` returns once the
-    arrays are copied to host memory; the write continues in the background.
+    arrays are held (NumPy arrays copied, jax.Arrays as zero-copy views on CPU or host
+    copies from accelerators); the write continues in the background.
     `extra_metadata` is any JSON-serializable dict, returned by `read_extra_metadata`.
     `layout`: "auto" (default), "files" or "ocdbt"; all are plain Orbax checkpoints.
 
