@@ -70,6 +70,7 @@ from ._checkpoint_state_text import CheckpointState as CheckpointState
 from ._checkpoint_state_text import _format as _format
 from ._checkpoint_state_text import _is_inside as _is_inside
 from ._checkpoint_state_text import _parse as _parse
+from ._ckpt_fs import process_alive
 from ._errors import CheckpointError
 
 __all__ = [
@@ -202,16 +203,6 @@ def write_state(
 _TEMP_RE = re.compile(r"\.tmp(?:(\d+)-)?[0-9a-f]{32}$")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def cleanup_temporaries(
     checkpoint_dir: str | os.PathLike[str], latest_filename: str = DEFAULT_LATEST_FILENAME
 ) -> list[str]:
@@ -239,7 +230,7 @@ def cleanup_temporaries(
         path = os.path.join(checkpoint_dir, name)
         try:
             if m.group(1) is not None:
-                if _pid_alive(int(m.group(1))):
+                if process_alive(int(m.group(1))):
                     continue
             elif time.time() - os.lstat(path).st_mtime < 60:
                 continue

@@ -280,9 +280,8 @@ _TMP_RE = re.compile(
 )
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # our own: decided by the _active_tmp set
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (ours included)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -290,6 +289,11 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _pid_alive(pid: int) -> bool:
+    # Our own leftovers are decided by the _active_tmp set.
+    return pid != os.getpid() and process_alive(pid)
 
 
 def cleanup_tmp(directory) -> list[str]:

@@ -45,14 +45,7 @@ class _WEntry:
     sharding: str | None
 
 
-# _JAX_SNAPSHOT: a background save (copy=True) must not see later changes to what it was
-# given.  NumPy arrays are copied.  A jax.Array is immutable, and `np.asarray` of one is
-# either a fresh host copy (accelerators) or, on CPU, a zero-copy view that holds a PJRT
-# external reference on the buffer: while it lives, `delete()` leaves the memory alive
-# and donating the array to a jit makes XLA allocate a new output instead of reusing it.
-# So the view is already a snapshot, and a background save of W1 (512 MiB) returns
-# without copying anything (tests/test_saver.py pins this with deletes and donations).
-def _host_array(value, copy: bool) -> np.ndarray:
+def _host_array(value, copy: bool = False) -> np.ndarray:
     arr = np.asarray(value)
     dtype = _dtype_from_name(_dtype_name(arr.dtype))
     if arr.dtype != dtype:
@@ -87,11 +80,18 @@ def _plan_entry(name: str, keys: tuple[str, ...], value, copy: bool) -> _WEntry:
         _dtype_name(value.dtype)
     except CheckpointError as e:
         raise CheckpointError(f"Variable {name!r}: {e}") from None
+    # A jax.Array is never copied, whatever `copy` says.  A background save (copy=True)
+    # must not see later changes to what it was given, but a jax.Array is immutable, and
+    # `np.asarray` of one is either a fresh host copy (accelerators) or, on CPU, a
+    # zero-copy view that holds a PJRT external reference on the buffer: while it lives,
+    # `delete()` leaves the memory alive and donating the array to a jit makes XLA
+    # allocate a new output instead of reusing it.  So the view is already a snapshot,
+    # and a background save of W1 (512 MiB) returns without copying anything
+    # (tests/test_saver.py pins this with deletes and donations).
     sharding = value.sharding
-    copy = False  # see _JAX_SNAPSHOT
     desc = _sharding_description(sharding)
     if len(sharding.device_set) == 1:  # fast path: one device, one chunk
-        return _single_chunk_entry(name, keys, _host_array(value, copy), desc)
+        return _single_chunk_entry(name, keys, _host_array(value), desc)
     if not value.is_fully_addressable:
         raise CheckpointError(
             f"Variable {name!r} is not fully addressable: multi-process saving is not "
@@ -99,7 +99,7 @@ def _plan_entry(name: str, keys: tuple[str, ...], value, copy: bool) -> _WEntry:
         )
     shape = tuple(int(s) for s in value.shape)
     if value.is_fully_replicated or math.prod(shape) == 0:
-        return _single_chunk_entry(name, keys, _host_array(value.addressable_data(0), copy), desc)
+        return _single_chunk_entry(name, keys, _host_array(value.addressable_data(0)), desc)
     shards = [s for s in value.addressable_shards if s.replica_id == 0]
     for s in shards:
         try:
@@ -122,7 +122,7 @@ def _plan_entry(name: str, keys: tuple[str, ...], value, copy: bool) -> _WEntry:
         ):
             chunks: list[_WChunk] = []
             for cidx, s in sorted(regions.items()):
-                data = _host_array(s.data, copy)
+                data = _host_array(s.data)
                 if tuple(data.shape) != chunk_shape:  # zarr stores edge chunks padded
                     padded = np.zeros(chunk_shape, data.dtype)
                     padded[tuple(slice(0, n) for n in data.shape)] = data
@@ -132,7 +132,7 @@ def _plan_entry(name: str, keys: tuple[str, ...], value, copy: bool) -> _WEntry:
                 name, keys, _param_dir(keys), shape, _dtype_name(value.dtype), chunk_shape, chunks, desc
             )
     # Irregular sharding: store the whole array as one chunk.
-    return _single_chunk_entry(name, keys, _host_array(value, copy), desc)
+    return _single_chunk_entry(name, keys, _host_array(value), desc)
 
 
 def _choose_layout(entries: list[_WEntry]) -> str:
@@ -153,7 +153,7 @@ def _writer_key(device) -> tuple[int, int]:
     return (device.process_index, device.id)
 
 
-def plan_entry_multiprocess(name: str, keys: tuple[str, ...], value, copy: bool) -> _WEntry:
+def plan_entry_multiprocess(name: str, keys: tuple[str, ...], value) -> _WEntry:
     """The chunks of `value` (a global jax.Array) that THIS process writes.
 
     The chunk grid is the sharding's shard shape (the whole array when it is fully
@@ -177,8 +177,7 @@ def plan_entry_multiprocess(name: str, keys: tuple[str, ...], value, copy: bool)
         dtype_name = _dtype_name(value.dtype)
     except CheckpointError as e:
         raise CheckpointError(f"Variable {name!r}: {e}") from None
-    sharding = value.sharding
-    copy = False  # see _JAX_SNAPSHOT
+    sharding = value.sharding  # values are jax.Arrays: never copied (see _plan_entry)
     shape = tuple(int(s) for s in value.shape)
     desc = _sharding_description(sharding)
     me = jax.process_index()
@@ -187,7 +186,7 @@ def plan_entry_multiprocess(name: str, keys: tuple[str, ...], value, copy: bool)
         writer = min(sharding.device_set, key=_writer_key)
         chunks = []
         if writer.process_index == me and math.prod(shape):
-            data = _host_array(by_device[writer].data, copy)
+            data = _host_array(by_device[writer].data)
             chunks.append(_WChunk(_chunk_key((0,) * len(shape)), data))
         chunk_shape = tuple(max(1, s) for s in shape)
         return _WEntry(name, keys, _param_dir(keys), shape, dtype_name, chunk_shape, chunks, desc)
@@ -215,7 +214,7 @@ def plan_entry_multiprocess(name: str, keys: tuple[str, ...], value, copy: bool)
     for cidx, dev in sorted(writers.items()):
         if dev.process_index != me:
             continue
-        data = _host_array(by_device[dev].data, copy)
+        data = _host_array(by_device[dev].data)
         if tuple(data.shape) != chunk_shape:  # zarr stores edge chunks padded
             padded = np.zeros(chunk_shape, data.dtype)
             padded[tuple(slice(0, n) for n in data.shape)] = data

@@ -516,6 +516,7 @@ def _read(path, targets: Mapping[str, tuple]) -> dict[str, jax.Array]:
     # so on CPU XLA adopts them without a copy (also for replicas of a region: JAX aliases
     # aligned host arrays on CPU whatever may_alias says).
     bufs, devs, default_bufs = [], [], []
+    layout = []  # per name: (name, buffers in `bufs` or None for the default device, assemble)
     for name, e, dtype, sharding, regions, order in meta:
         for r in regions:
             if r.buf.dtype != dtype:
@@ -524,30 +525,31 @@ def _read(path, targets: Mapping[str, tuple]) -> dict[str, jax.Array]:
                 r.buf = cast
         if sharding is None:
             default_bufs.append(regions[0].buf)
-            continue
-        if len(order) == 1 and len(sharding.device_set) == 1:  # straight onto its sharding
+            layout.append((name, None, None))
+        elif len(order) == 1 and len(sharding.device_set) == 1:  # straight onto its sharding
             bufs.append(regions[0].buf)
             devs.append(sharding)
-            continue
-        by_region = {r.region: r for r in regions}
-        for dev, region in order:
-            bufs.append(by_region[region].buf)
-            devs.append(dev)
+            layout.append((name, 1, None))
+        else:
+            by_region = {r.region: r for r in regions}
+            for dev, region in order:
+                bufs.append(by_region[region].buf)
+                devs.append(dev)
+            layout.append((name, len(order), (e.shape, sharding)))
     placed = jax.device_put(bufs, devs, may_alias=True) if bufs else []
-    defaults = jax.device_put(default_bufs, may_alias=True) if default_bufs else []
+    defaults = iter(jax.device_put(default_bufs, may_alias=True) if default_bufs else [])
     out: dict[str, jax.Array] = {}
-    i = j = 0
-    for name, e, dtype, sharding, regions, order in meta:
-        if sharding is None:
-            out[name] = defaults[j]
-            j += 1
+    i = 0
+    for name, n, assemble in layout:
+        if n is None:
+            out[name] = next(defaults)
             continue
-        singles = placed[i : i + len(order)]
-        i += len(order)
-        if len(order) == 1 and len(sharding.device_set) == 1:
+        singles = placed[i : i + n]
+        i += n
+        if assemble is None:
             out[name] = singles[0]
         else:
-            out[name] = jax.make_array_from_single_device_arrays(e.shape, sharding, singles)
+            out[name] = jax.make_array_from_single_device_arrays(*assemble, singles)
     return out
 
 

@@ -144,7 +144,7 @@ def write(
         _wait_pending()
         t_init = time.time_ns()
         if multi:
-            job = _multiprocess_job(path, arrays, keys_by_name, blocking, extra, algorithm, t_init, on_commit)
+            job = _multiprocess_job(path, arrays, keys_by_name, extra, algorithm, t_init, on_commit)
         else:
             with _gc_paused():
                 entries = [
@@ -193,14 +193,14 @@ def _make_tmp(path: str) -> str:
     return tmp
 
 
-def _multiprocess_job(path, arrays, keys_by_name, blocking, extra, algorithm, t_init, on_commit):
+def _multiprocess_job(path, arrays, keys_by_name, extra, algorithm, t_init, on_commit):
     """Plans this process's chunks and agrees with the other processes (`_ckpt_multi`)."""
     op = _ckpt_multi.new_save_op()
     entries, sig, error = [], None, None
     try:
         with _gc_paused():
             for name in arrays:
-                e = plan_entry_multiprocess(name, keys_by_name[name], arrays[name], copy=not blocking)
+                e = plan_entry_multiprocess(name, keys_by_name[name], arrays[name])
                 entries.append(e)
             sig = {e.name: signature(e, arrays[e.name]) for e in entries}
     except CheckpointError as e:
