@@ -6,7 +6,6 @@ import io
 import json
 import os
 import re
-import select
 import shutil
 import subprocess
 import sys
@@ -26,6 +25,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 import varstore as vs
 from varstore import _display, _progress
 from varstore._cli import cli as click_cli
+
+from _helpers import drain
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tf1"
 HOWTO = FIXTURES / "howto"
@@ -547,13 +548,6 @@ def terminal():
     os.close(master)
 
 
-def _drain(master: int) -> str:
-    out = b""
-    while select.select([master], [], [], 0.2)[0]:
-        out += os.read(master, 1 << 16)
-    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.decode())
-
-
 def test_progress_draws_bytes_variables_and_rates_on_a_terminal(terminal):
     master, stream = terminal
     with _progress.progress(1 << 30, 4, "Saving model", stream=stream) as p:
@@ -561,7 +555,7 @@ def test_progress_draws_bytes_variables_and_rates_on_a_terminal(terminal):
             p.advance(1 << 28, 1)
             time.sleep(0.01)
     stream.flush()
-    last = _drain(master).strip().split("\r")[-1]
+    last = drain(master).strip().split("\r")[-1]
     assert "Saving model" in last and "100%" in last
     assert "1.0/1.0 GiB" in last and "/s" in last and "4/4 vars" in last
 
@@ -575,7 +569,7 @@ def test_progress_respects_the_threshold_and_the_switch(terminal, monkeypatch):
     with _progress.progress(1 << 40, 1, "Saving", stream=stream) as p:
         p.advance(1 << 40, 1)
     stream.flush()
-    assert _drain(master) == ""
+    assert drain(master) == ""
 
 
 def test_a_second_concurrent_progress_is_silent(terminal):
@@ -584,7 +578,7 @@ def test_a_second_concurrent_progress_is_silent(terminal):
         with _progress.progress(1 << 30, 1, "inner", stream=stream) as inner:
             assert inner is _progress._NO_PROGRESS
     stream.flush()
-    assert "inner" not in _drain(master)
+    assert "inner" not in drain(master)
 
 
 def test_convert_writes_a_tf1_checkpoint_as_a_varstore_one_bit_for_bit(tmp_path):

@@ -13,7 +13,6 @@
 
 import ast
 import glob
-import importlib
 import json
 import os
 import pickle
@@ -26,6 +25,8 @@ import pytest
 
 import varstore as vs
 import varstore.inspect_checkpoint
+
+from _helpers import sealed
 
 BAD_NAMES = {
     "dotdot": "..",
@@ -333,24 +334,6 @@ OUR_TAMPERING = {
         {"ocdbt_locations": {"0": ["../../../w/0", 0]}}
     ),
 }
-
-
-def sealed(meta):
-    """varstore_metadata.json bytes that pass the file's own checksum (a hostile writer
-    recomputes it), so that the checks behind it are what is tested."""
-    meta = {k: v for k, v in meta.items() if k != "metadata_checksum"}
-    text = json.dumps(meta)
-    seal = None
-    for module in ("varstore._ckpt_hash", "varstore._ckpt_io"):
-        try:
-            seal = getattr(importlib.import_module(module), "_seal_metadata", None)
-        except ImportError:
-            continue
-        if seal is not None:
-            break
-    if seal is None:  # a format without a metadata checksum
-        return text.encode()
-    return seal(text, meta.get("hash") if meta.get("hash") in ("xxh3_64", "crc32") else "xxh3_64")
 
 
 @pytest.mark.parametrize("layout", ["files", "ocdbt"])

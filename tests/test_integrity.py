@@ -10,7 +10,6 @@ one key-value store), and TensorFlow 1.x checkpoints too.
 """
 
 import contextlib
-import importlib
 import json
 import os
 import pathlib
@@ -27,6 +26,8 @@ from jax.sharding import PartitionSpec as P
 
 import varstore as vs
 from varstore import _ckpt_io
+
+from _helpers import sealed
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "tf1", "howto")
 READERS = ["Saver.restore", "load_variable", "get_tensor"]
@@ -301,25 +302,6 @@ def small_checkpoint(request, scratch):
     path = str(scratch / "small" / request.param)
     _ckpt_io.write(path, vals, layout=request.param)
     return path, vals
-
-
-def sealed(meta):
-    """`meta` as varstore_metadata.json bytes that pass the file's own checksum, as a
-    hostile writer (or a buggy tool) would produce them: what the parser must then
-    withstand on its own."""
-    meta = {k: v for k, v in meta.items() if k != "metadata_checksum"}
-    text = json.dumps(meta)
-    seal = None
-    for module in ("varstore._ckpt_hash", "varstore._ckpt_io"):
-        try:
-            seal = getattr(importlib.import_module(module), "_seal_metadata", None)
-        except ImportError:
-            continue
-        if seal is not None:
-            break
-    if seal is None:  # a format without a metadata checksum
-        return text.encode()
-    return seal(text, meta.get("hash") if meta.get("hash") in ("xxh3_64", "crc32") else "xxh3_64")
 
 
 def test_every_flipped_byte_of_varstore_metadata_is_an_error_or_harmless(small_checkpoint):

@@ -3,8 +3,6 @@ silent when stderr is not a terminal."""
 
 import io
 import os
-import re
-import select
 import sys
 
 import jax
@@ -14,6 +12,8 @@ import pytest
 
 import varstore as vs
 from varstore import _ckpt_io
+
+from _helpers import drain
 
 
 @pytest.fixture
@@ -40,26 +40,19 @@ def terminal(monkeypatch):
     os.close(master)
 
 
-def _drain(master: int) -> str:
-    out = b""
-    while select.select([master], [], [], 0.2)[0]:
-        out += os.read(master, 1 << 16)
-    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.decode())
-
-
 @pytest.mark.parametrize("layout", ["files", "ocdbt"])
 def test_save_and_restore_draw_progress_on_a_terminal(tmp_path, store, terminal, layout):
     master, stream = terminal()
     path = tmp_path / "c"
     _ckpt_io.write(path, store.to_dict(), layout=layout)
     stream.flush()
-    last = _drain(master).strip().split("\r")[-1]
+    last = drain(master).strip().split("\r")[-1]
     assert f"Saving {path}" in last and "100%" in last and "3/3 vars" in last
     assert "768.0/768.0 KiB" in last
     targets = {n: ((64, 1024), np.float32, None) for n in store.to_dict()}
     got = _ckpt_io.read(path, targets)
     stream.flush()
-    last = _drain(master).strip().split("\r")[-1]
+    last = drain(master).strip().split("\r")[-1]
     assert f"Restoring {path}" in last and "100%" in last and "3/3 vars" in last
     np.testing.assert_array_equal(got["layer2/w"], np.full((64, 1024), 2, np.float32))
 
@@ -74,10 +67,10 @@ def test_sharded_saver_round_trip_counts_every_variable(tmp_path, terminal):
     store = vs.initialize_all_variables()(jax.random.key(0))
     path = saver.save(store, str(tmp_path / "m.ckpt"))
     stream.flush()
-    assert "2/2 vars" in _drain(master).strip().split("\r")[-1]
+    assert "2/2 vars" in drain(master).strip().split("\r")[-1]
     restored = saver.restore(path)
     stream.flush()
-    last = _drain(master).strip().split("\r")[-1]
+    last = drain(master).strip().split("\r")[-1]
     assert "Restoring" in last and "2/2 vars" in last and "512.0/512.0 KiB" in last
     assert restored[v].sharding == store[v].sharding
 
@@ -85,10 +78,10 @@ def test_sharded_saver_round_trip_counts_every_variable(tmp_path, terminal):
 def test_read_numpy_draws_one_variable(tmp_path, store, terminal):
     master, stream = terminal()
     _ckpt_io.write(tmp_path / "c", store.to_dict())
-    _drain(master)
+    drain(master)
     _ckpt_io.read_numpy(tmp_path / "c", "layer1/w")
     stream.flush()
-    last = _drain(master).strip().split("\r")[-1]
+    last = drain(master).strip().split("\r")[-1]
     assert "Reading 'layer1/w'" in last and "1/1 vars" in last
 
 
@@ -106,4 +99,4 @@ def test_silent_below_the_threshold(tmp_path, store, terminal, monkeypatch):
     monkeypatch.setattr(vs.config, "progress_threshold_bytes", 1 << 30)
     _ckpt_io.write(tmp_path / "c", store.to_dict())
     stream.flush()
-    assert _drain(master) == ""
+    assert drain(master) == ""
