@@ -16,6 +16,7 @@ import tensorstore as ts
 from ._errors import CheckpointError, close_names
 from ._progress import _NO_PROGRESS, Progress, progress
 from . import _ckpt_format as _fmt
+from . import _to_device
 from ._ckpt_format import (
     _chunk_key,
     _chunk_region,
@@ -511,46 +512,25 @@ def _read(path, targets: Mapping[str, tuple]) -> dict[str, jax.Array]:
         plans.append((e, regions))
         meta.append((name, e, dtype, sharding, regions, order))
     _read_wrapped(ck, lambda: _read_host_regions(ck, plans, f"Restoring {ck.path}"))
-    # One batched device_put for every buffer of every entry (per-call overhead dominates
-    # for many small variables).  The buffers are fresh, aligned and never touched again,
-    # so on CPU XLA adopts them without a copy (also for replicas of a region: JAX aliases
-    # aligned host arrays on CPU whatever may_alias says).
-    bufs, devs, default_bufs = [], [], []
-    layout = []  # per name: (name, buffers in `bufs` or None for the default device, assemble)
+    # The buffers are fresh, aligned and never touched again, so on CPU XLA adopts them
+    # without a copy (also for replicas of a region).
+    canonical: dict[np.dtype, np.dtype] = {}
+    items = []
     for name, e, dtype, sharding, regions, order in meta:
+        if dtype not in canonical:  # what JAX would make of it (int64 without x64: int32)
+            canonical[dtype] = np.dtype(jax.dtypes.canonicalize_dtype(dtype))
+        dtype = canonical[dtype]
         for r in regions:
             if r.buf.dtype != dtype:
                 cast = _aligned_empty(r.buf.shape, dtype)
                 cast[...] = _fmt.cast_checked(r.buf, dtype, name, ck.path)
                 r.buf = cast
         if sharding is None:
-            default_bufs.append(regions[0].buf)
-            layout.append((name, None, None))
-        elif len(order) == 1 and len(sharding.device_set) == 1:  # straight onto its sharding
-            bufs.append(regions[0].buf)
-            devs.append(sharding)
-            layout.append((name, 1, None))
+            items.append((e.shape, None, regions[0].buf))
         else:
-            by_region = {r.region: r for r in regions}
-            for dev, region in order:
-                bufs.append(by_region[region].buf)
-                devs.append(dev)
-            layout.append((name, len(order), (e.shape, sharding)))
-    placed = jax.device_put(bufs, devs, may_alias=True) if bufs else []
-    defaults = iter(jax.device_put(default_bufs, may_alias=True) if default_bufs else [])
-    out: dict[str, jax.Array] = {}
-    i = 0
-    for name, n, assemble in layout:
-        if n is None:
-            out[name] = next(defaults)
-            continue
-        singles = placed[i : i + n]
-        i += n
-        if assemble is None:
-            out[name] = singles[0]
-        else:
-            out[name] = jax.make_array_from_single_device_arrays(*assemble, singles)
-    return out
+            by_region = {r.region: r.buf for r in regions}
+            items.append((e.shape, sharding, {dev: by_region[region] for dev, region in order}))
+    return dict(zip([m[0] for m in meta], _to_device.put(items)))
 
 
 def read_numpy(path, name: str) -> np.ndarray:
