@@ -5,9 +5,12 @@ already exist (its restore op writes into their buffers); a JAX restore must cre
 2,000 new `jax.Array`s. This script times, alternated in every repeat, medians:
 
   tf1 restore       `tf.compat.v1.train.Saver.restore` of the W2 checkpoint (warm).
-  device_put floor  ONE batched `jax.device_put` of 2,000 host NumPy arrays onto the
-                    default device, nothing read from disk: the least any JAX restore
-                    of W2 can cost.
+  device_put        ONE batched `jax.device_put` of 2,000 host NumPy arrays onto the
+                    default device, nothing read from disk: the least a restore that
+                    creates its arrays through the public API can cost.
+  transfer floor    the same arrays created by `pxla.batched_device_put`, what
+                    `jax.device_put` ends in (varstore's `_to_device.put`): the least
+                    any JAX restore of W2 can cost.
   varstore restore  `vs.train.Saver().restore` of the same values saved by varstore (warm).
 
 Needs `pip install tensorflow-cpu`.
@@ -30,6 +33,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import varstore as vs  # noqa: E402
+from varstore import _to_device  # noqa: E402
 
 N, D = 2000, 4096
 
@@ -71,7 +75,10 @@ def main() -> None:
         device = jax.devices()[0]
         contenders = {
             "tf1 restore": lambda: tf_saver.restore(sess, tf_path),
-            "device_put floor": lambda: jax.block_until_ready(jax.device_put(values, device)),
+            "device_put": lambda: jax.block_until_ready(jax.device_put(values, device)),
+            "transfer floor": lambda: jax.block_until_ready(
+                _to_device.put([(v.shape, None, v) for v in values])
+            ),
             "varstore restore": lambda: jax.block_until_ready(vs_saver.restore(vs_path).to_dict()),
         }
         for fn in contenders.values():  # warm every path once

@@ -7,6 +7,8 @@ import json
 import math
 import os
 import re
+import types
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -62,6 +64,7 @@ class _Ckpt:
     algorithm: str | None = None
     extra: dict | None = None
     fill_missing: bool = False
+    infos: Mapping[str, EntryInfo] | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def kvstore_spec(self, d: str | None = None) -> dict:
         if self.layout == "ocdbt":
@@ -220,22 +223,27 @@ def _parse_our_metadata(path: str, meta) -> _Ckpt:
 _DATA_FILE_RE = re.compile(r"^[0-9A-Za-z_-]{1,128}$")
 
 
-def read_entries(path) -> dict[str, EntryInfo]:
-    """The checkpoint's entries, sorted by name (metadata only; no array data is read)."""
+def read_entries(path) -> Mapping[str, EntryInfo]:
+    """The checkpoint's entries, sorted by name (metadata only; no array data is read).
+
+    Read-only, and the same mapping for every call while the metadata is unchanged (a
+    restore of thousands of variables would otherwise rebuild it each time).
+    """
     with _gc_paused():
         ck = _open_ckpt(path)
-    out = {}
-    for name in sorted(ck.entries):
-        e = ck.entries[name]
-        out[name] = EntryInfo(
-            name=name,
-            shape=e.shape,
-            dtype=e.dtype,
-            nbytes=int(math.prod(e.shape)) * e.dtype.itemsize,
-            sharding=e.sharding,
-            checksum=e.checksum,
-        )
-    return out
+        if ck.infos is None:
+            ck.infos = types.MappingProxyType({
+                name: EntryInfo(
+                    name=name,
+                    shape=e.shape,
+                    dtype=e.dtype,
+                    nbytes=int(math.prod(e.shape)) * e.dtype.itemsize,
+                    sharding=e.sharding,
+                    checksum=e.checksum,
+                )
+                for name, e in sorted(ck.entries.items())
+            })
+    return ck.infos
 
 
 def read_extra_metadata(path) -> dict:

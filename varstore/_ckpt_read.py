@@ -363,7 +363,10 @@ def _read_host_regions(
         with progress(reader.planned_bytes + run_bytes, n_vars, desc) as bar:
             reader.bar = bar
             all_reads = _counted_per_entry(per_entry, bar)
-            all_reads += [(sum(m[4].nbytes for m in run), lambda run=run: _read_run(reader, run)) for run in runs]
+            all_reads += [
+                (sum(m[4].nbytes for m in run), lambda run=run: _read_run(reader, run))
+                for run in runs
+            ]
             _run_all(_grouped(all_reads))
     finally:
         reader.close()
@@ -380,6 +383,7 @@ def _read_host_regions(
 _RUN_GAP = 4 << 10
 _RUN_BYTES = 4 << 20
 _RUN_CHUNKS = 500
+_BYTE = np.dtype(np.uint8)
 
 
 def _hinted_runs(ck: _Ckpt, plans: list, reader: _ChunkReader, arena: _Arena):
@@ -391,21 +395,28 @@ def _hinted_runs(ck: _Ckpt, plans: list, reader: _ChunkReader, arena: _Arena):
     if ck.layout != "ocdbt":
         return plans, [], 0
     rest, members = [], []
+    keys: dict[int, str] = {}  # the one chunk's key, per rank
     for e, regions in plans:
-        key = _chunk_key((0,) * len(e.shape))
+        rank = len(e.shape)
+        key = keys.get(rank)
+        if key is None:
+            key = keys[rank] = _chunk_key((0,) * rank)
         loc = e.locs.get(key) if e.locs else None
+        region = regions[0].region if len(regions) == 1 else None
         if (
             loc is None
-            or len(regions) != 1
+            or region is None
             or e.chunk_shape != e.shape
             or key not in e.chunks
-            or regions[0].region != tuple((0, n) for n in e.shape)
+            or len(region) != rank
+            or any(lo != 0 or hi != n for (lo, hi), n in zip(region, e.shape))
             or math.prod(e.shape) == 0
         ):
             rest.append((e, regions))
             continue
-        regions[0].buf = arena.empty(e.shape, e.dtype)
-        members.append((loc[0], loc[1], e, key, regions[0].buf))
+        raw = arena.empty((math.prod(e.shape) * e.dtype.itemsize,), _BYTE)
+        regions[0].buf = raw.view(e.dtype).reshape(e.shape)
+        members.append((loc[0], loc[1], e, key, raw))
     members.sort(key=lambda m: (m[0], m[1]))
     runs: list[list] = []
     for m in members:
@@ -427,28 +438,29 @@ def _hinted_runs(ck: _Ckpt, plans: list, reader: _ChunkReader, arena: _Arena):
 
 def _read_run(reader: _ChunkReader, run: list) -> None:
     """One preadv for a run of hinted chunks, each verified against its checksum; a
-    chunk that does not verify is read again through the authoritative path."""
+    chunk that does not verify is read again through the authoritative path.
+
+    Run members are (data file, offset, entry, chunk key, the region's bytes as uint8)."""
     fname, start = run[0][0], run[0][1]
     gaps = np.empty(_RUN_GAP, np.uint8)
     iov, pos = [], start
-    for _, off, _, _, buf in run:
+    for _, off, _, _, raw in run:
         if off > pos:
-            iov.append(memoryview(gaps)[: off - pos])
-        iov.append(_as_bytes_view(buf))
-        pos = off + buf.nbytes
+            iov.append(gaps[: off - pos])
+        iov.append(raw)
+        pos = off + raw.nbytes
     try:
         got = os.preadv(reader._data_fd(fname), iov, start)
     except OSError:
         got = 0
-    for _, off, e, key, buf in run:
-        view = _as_bytes_view(buf)
-        if off + len(view) - start > got or not _matches(e.chunks[key], view):
-            tasks, verify = reader._read_tasks(e, key, buf)
+    for _, off, e, key, raw in run:
+        if off + raw.nbytes - start > got or not _matches(e.chunks[key], raw):
+            tasks, verify = reader._read_tasks(e, key, raw)
             for _, fn in tasks:
                 fn()
             if verify is not None:
                 verify()
-        reader.bar.advance(len(view), 1)
+    reader.bar.advance(sum(m[4].nbytes for m in run), len(run))
 
 
 def _region_bytes(e: _REntry, r: _Region) -> int:

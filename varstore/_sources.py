@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
+import types
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -108,19 +110,35 @@ class Source:
         )
 
 
+# The Entry view of `read_entries`' shared mapping, built once per metadata (it keeps the
+# mapping alive, so its id stays its own).
+_orbax_entries: dict[int, tuple[Mapping, Mapping[str, Entry]]] = {}
+_orbax_lock = threading.Lock()
+
+
 class _OrbaxSource(Source):
     kind = "orbax"
 
     def __init__(self, path: str):
         self.path = path
-        self._entries: dict[str, Entry] | None = None
+        self._entries: Mapping[str, Entry] | None = None
 
     def entries(self) -> Mapping[str, Entry]:
         if self._entries is None:
-            self._entries = {
-                n: Entry(n, tuple(e.shape), np.dtype(e.dtype), int(e.nbytes), e.sharding)
-                for n, e in _ckpt_io.read_entries(self.path).items()
-            }
+            infos = _ckpt_io.read_entries(self.path)
+            with _orbax_lock:
+                hit = _orbax_entries.get(id(infos))
+            if hit is None or hit[0] is not infos:
+                entries = types.MappingProxyType({
+                    n: Entry(n, tuple(e.shape), np.dtype(e.dtype), int(e.nbytes), e.sharding)
+                    for n, e in infos.items()
+                })
+                hit = (infos, entries)
+                with _orbax_lock:
+                    if len(_orbax_entries) >= 8:
+                        _orbax_entries.pop(next(iter(_orbax_entries)))
+                    _orbax_entries[id(infos)] = hit
+            self._entries = hit[1]
         return self._entries
 
     def read_numpy(self, name: str) -> np.ndarray:
