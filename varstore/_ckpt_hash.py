@@ -82,8 +82,12 @@ def _digest_scheme(expected: str) -> tuple[str, int | None]:
 
 
 def _matches(expected: str, data) -> bool:
-    if expected.startswith("xxh3_64:") and _xxhash is not None:  # the common case, fast
-        return _xxhash.xxh3_64_hexdigest(data) == expected[8:]
+    if len(expected) == 24 and expected.startswith("xxh3_64:") and _xxhash is not None:
+        try:  # the common case, without formatting a digest
+            want = int(expected[8:], 16)
+        except ValueError:
+            return False
+        return _xxhash.xxh3_64_intdigest(data) == want
     alg, block = _digest_scheme(expected)
     return _digest(alg, data, block if block is not None else 1 << 62) == expected
 
