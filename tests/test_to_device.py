@@ -46,8 +46,9 @@ def test_fast_and_public_routes_give_the_same_array(case):
     item = (value.shape, sharding, value.copy() if sharding is None else _shards(value, sharding))
     (fast,) = _to_device.put([item], fast=True)
     (public,) = _to_device.put([item], fast=False)
+    (from_whole,) = _to_device.put([_to_device.whole(value, sharding)])
     reference = jax.device_put(value) if sharding is None else jax.device_put(value, sharding)
-    for arr in (fast, public):
+    for arr in (fast, public, from_whole):
         assert arr.dtype == reference.dtype
         assert arr.shape == reference.shape
         assert arr.sharding == reference.sharding

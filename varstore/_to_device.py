@@ -92,6 +92,26 @@ def put(items: Sequence[tuple], *, fast: bool | None = None) -> list[jax.Array]:
     return out
 
 
+def whole(value: np.ndarray, sharding) -> tuple:
+    """The `put` item for a whole host array: its shards cut out for `sharding`."""
+    value = _contiguous(value)
+    if sharding is None:
+        return value.shape, None, value
+    if len(sharding.device_set) == 1:
+        (dev,) = sharding.device_set
+        if dev.process_index == jax.process_index():
+            return value.shape, sharding, {dev: value}
+    return value.shape, sharding, {
+        dev: _contiguous(value[index])
+        for dev, index in sharding.addressable_devices_indices_map(value.shape).items()
+    }
+
+
+def _contiguous(a: np.ndarray) -> np.ndarray:
+    # Not np.ascontiguousarray: it turns a 0-d array into a 1-d one.
+    return a if a.flags.c_contiguous else a.copy(order="C")
+
+
 def _native(dtype: np.dtype, x64: bool) -> bool:
     """Whether JAX keeps `dtype` as it is (device_put would otherwise convert it)."""
     return x64 or dtype.itemsize < 8 or dtype.kind not in "iufc"
