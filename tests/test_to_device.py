@@ -60,7 +60,7 @@ def test_fast_and_public_routes_give_the_same_array(case):
 def test_fast_route_is_active_on_the_supported_jax():
     # If a JAX release moves pxla.batched_device_put, restores stay correct through the
     # public route but lose their speed for many small variables: notice it here.
-    assert _to_device.FAST
+    assert _to_device.fast_route_works()
 
 
 def test_a_dtype_jax_would_convert_goes_the_public_way():

@@ -12,8 +12,8 @@ which also builds a sharded array from its shards without
 Those are JAX internals.  If they are missing (a JAX release moved them), or a buffer is
 not in the dtype JAX would give it, `put` takes the public route instead
 (`jax.device_put` + `jax.make_array_from_single_device_arrays`), which yields the same
-arrays: same values, sharding and committedness.  `FAST` says which route is active; a
-test pins it on the JAX we support so a move is noticed.
+arrays: same values, sharding and committedness.  `fast_route_works()` says which route
+is active (probed once); a test pins it on the JAX we support so a move is noticed.
 
 On CPU both routes adopt an aligned host buffer without copying it; callers hand over
 buffers they never touch again.
@@ -31,9 +31,41 @@ try:  # the transfer jax.device_put itself ends in
     from jax._src.interpreters.pxla import batched_device_put as _batched_device_put
     from jax._src.interpreters.pxla import get_default_device as _get_default_device
 
-    FAST = True
+    _IMPORTED = True
 except ImportError:  # pragma: no cover - depends on the JAX release
-    FAST = False
+    _IMPORTED = False
+
+_works: bool | None = None
+
+
+def fast_route_works() -> bool:
+    """Whether the internal transfer is there and behaves as `jax.device_put` (probed
+    once, on a 3-element array: a JAX release that changed it falls back, not fails)."""
+    global _works
+    if _works is None:
+        ok = False
+        if _IMPORTED:
+            try:
+                x = np.arange(3, dtype=np.float32)
+                dev = _get_default_device()
+                a = _batched_device_put(
+                    _ShapedArray(x.shape, x.dtype),
+                    jax.sharding.SingleDeviceSharding(dev),
+                    [x.copy()],
+                    [dev],
+                    committed=False,
+                )
+                ok = (
+                    isinstance(a, jax.Array)
+                    and a.shape == x.shape
+                    and a.dtype == x.dtype
+                    and not a.committed
+                    and bool(np.array_equal(np.asarray(a), x))
+                )
+            except Exception:  # noqa: BLE001 - any failure means: use the public route
+                ok = False
+        _works = ok
+    return _works
 
 
 def _device_order(sharding) -> list | None:
@@ -56,24 +88,24 @@ def put(items: Sequence[tuple], *, fast: bool | None = None) -> list[jax.Array]:
     Returns:
       The arrays, in the order of `items`.
     """
-    fast = FAST if fast is None else (fast and FAST)
+    fast = fast_route_works() if fast is None else (fast and fast_route_works())
     if not fast:
         return _put_public(items)
     out: list = [None] * len(items)
     slow: list[int] = []
-    x64 = jax.config.jax_enable_x64
+    native: dict[np.dtype, bool] = {}
     default = None
     for i, (shape, sharding, shards) in enumerate(items):
         if sharding is None:
             buf = shards
-            if not _native(buf.dtype, x64):
+            if not _native(buf.dtype, native):
                 slow.append(i)
                 continue
             if default is None:
-                default = jax.sharding.SingleDeviceSharding(_get_default_device())
-            dev = next(iter(default.device_set))
+                dev = _get_default_device()
+                default = (jax.sharding.SingleDeviceSharding(dev), [dev])
             out[i] = _batched_device_put(
-                _ShapedArray(buf.shape, buf.dtype), default, [buf], [dev], committed=False
+                _ShapedArray(buf.shape, buf.dtype), default[0], [buf], default[1], committed=False
             )
             continue
         devices = _device_order(sharding)
@@ -82,7 +114,7 @@ def put(items: Sequence[tuple], *, fast: bool | None = None) -> list[jax.Array]:
             slow.append(i)
             continue
         dtype = bufs[0].dtype if bufs else None
-        if not bufs or not _native(dtype, x64):
+        if not bufs or not _native(dtype, native):
             slow.append(i)
             continue
         out[i] = _batched_device_put(_ShapedArray(tuple(shape), dtype), sharding, bufs, devices)
@@ -112,9 +144,13 @@ def _contiguous(a: np.ndarray) -> np.ndarray:
     return a if a.flags.c_contiguous else a.copy(order="C")
 
 
-def _native(dtype: np.dtype, x64: bool) -> bool:
-    """Whether JAX keeps `dtype` as it is (device_put would otherwise convert it)."""
-    return x64 or dtype.itemsize < 8 or dtype.kind not in "iufc"
+def _native(dtype: np.dtype, cache: dict) -> bool:
+    """Whether JAX keeps `dtype` as it is (device_put would otherwise convert it, e.g.
+    int64 to int32 without x64)."""
+    ok = cache.get(dtype)
+    if ok is None:
+        ok = cache[dtype] = np.dtype(jax.dtypes.canonicalize_dtype(dtype)) == dtype
+    return ok
 
 
 def _put_public(items: Sequence[tuple]) -> list[jax.Array]:
