@@ -26,7 +26,8 @@ Modules: ``_ckpt_format`` (names, dtypes, zarr/Orbax JSON, chunk grids), ``_ckpt
 cleanup), ``_ckpt_plan`` (what each array stores), ``_ckpt_write`` (a save job and its
 commit), ``_ckpt_save`` (``write``, background saves), ``_ckpt_multi`` (multi-process saves and
 barriers), ``_ckpt_open`` (metadata), ``_ckpt_foreign`` (foreign Orbax checkpoints),
-``_ckpt_read`` (data).  This module is their facade: the rest of varstore imports only it.
+``_ckpt_chunks`` (reading and verifying chunks), ``_ckpt_read`` (planning reads, placing
+arrays; with ``_to_device``).  This module is their facade: the rest of varstore imports only it.
 
 Names are '/'-joined (``"layer1/w"``); Orbax sees them as nested dict keys and stores each
 array under the parameter directory ``".".join(keys)`` (``layer1.w``).  Names whose parts
@@ -209,7 +210,7 @@ _OWNED = {
 # The parts that import JAX or tensorstore load on first use, so that reading metadata
 # (`varstore inspect`, `list_variables`) starts in a fraction of a second.
 _LAZY_PARTS = ("_ckpt_plan", "_ckpt_write", "_ckpt_save", "_ckpt_multi", "_ckpt_foreign",
-               "_ckpt_read")
+               "_ckpt_chunks", "_ckpt_read")
 
 
 def _expose(module: types.ModuleType) -> None:
