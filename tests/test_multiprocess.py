@@ -89,6 +89,8 @@ SCRIPT = textwrap.dedent(
         if pid == 0:
             if sys.argv[3] == "save":
                 saver.save(store, ckpt)
+            elif sys.argv[3] == "init_from_checkpoint":
+                vs.train.init_from_checkpoint(ckpt + "-5", {"layer0/": "layer0/"}, store)
             else:
                 saver.restore(ckpt + "-5")
         time.sleep(120)
@@ -194,7 +196,7 @@ def test_restore_in_four_processes(saved):
     assert seen["layer0/kernel"] == 8
 
 
-@pytest.mark.parametrize("what", ["save", "restore"])
+@pytest.mark.parametrize("what", ["save", "restore", "init_from_checkpoint"])
 def test_save_or_restore_in_one_process_only_fails_fast(tmp_path, what):
     r, elapsed = launch(tmp_path, 2, "alone", what)
     assert r.returncode != 0

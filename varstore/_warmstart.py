@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from . import _ckpt_io
 from ._errors import CheckpointError
 from ._graph import Graph, get_default_graph
 from ._restore_plan import Binding, make_plan, raise_for
@@ -53,10 +54,14 @@ def init_from_checkpoint(
 
     Raises:
       CheckpointError: an entry that matches nothing, a missing tensor, or a
-        shape mismatch.
+        shape mismatch; with several JAX processes, one that calls this while
+        the others do not (after `VARSTORE_BARRIER_TIMEOUT` seconds).
 
     >>> store = vs.train.init_from_checkpoint(path, {"layer1/": "encoder/layer1/"})
     """
+    # As Saver.restore: with several processes all of them call this together, and one
+    # that calls it alone fails after VARSTORE_BARRIER_TIMEOUT seconds, not in a later hang.
+    _ckpt_io.sync_processes(f"init_from_checkpoint from {os.fspath(ckpt_dir_or_file)!r}")
     graph = graph or get_default_graph()
     source = open_checkpoint(ckpt_dir_or_file)
     entries = source.entries()
