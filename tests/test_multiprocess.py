@@ -5,6 +5,7 @@ Each test starts real processes (2 CPU devices each) and compares what they hold
 shard, with a single-process computation in this process.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -80,8 +81,8 @@ SCRIPT = textwrap.dedent(
             print("refused:", e)
         assert not os.path.exists(ckpt + "-6")
         print("latest", vs.train.latest_checkpoint(os.path.dirname(ckpt)))
-    elif mode == "restore":
-        store = saver.restore(ckpt + "-5")
+    elif mode == "restore":  # argv[3], if given: another checkpoint (a TF1 prefix)
+        store = saver.restore(sys.argv[3] if len(sys.argv) > 3 else ckpt + "-5")
         dump(store, f"restore{nproc}")
         print("restored")
     elif mode == "alone":  # the common mistake: only process 0 saves / restores
@@ -211,3 +212,42 @@ def test_a_killed_process_ends_the_others(tmp_path):
     assert r.returncode != 0
     assert elapsed < 60  # well within the heartbeat bound, not minutes
     assert not os.path.exists(tmp_path / "ckpt" / "model.ckpt-killed")
+
+
+TF1_WRITER = textwrap.dedent(
+    """
+    import os, sys
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    import numpy as np
+    import tensorflow as tf
+    tf1 = tf.compat.v1
+    tf1.disable_eager_execution()
+    values = np.load(sys.argv[1])
+    with tf1.Graph().as_default():
+        for name in values.files:
+            tf1.Variable(values[name], name=name)
+        with tf1.Session() as sess:
+            sess.run(tf1.global_variables_initializer())
+            tf1.train.Saver().save(sess, sys.argv[2], write_meta_graph=False)
+    """
+)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("tensorflow") is None,
+    reason="writing a TensorFlow 1.x checkpoint needs tensorflow-cpu",
+)
+def test_two_processes_restore_a_tensorflow_checkpoint_shard_by_shard(tmp_path):
+    expected = reference()
+    np.savez(tmp_path / "values.npz", **expected)
+    (tmp_path / "tf1_writer.py").write_text(TF1_WRITER)
+    prefix = tmp_path / "tf1" / "model.ckpt"
+    w = subprocess.run(
+        [sys.executable, str(tmp_path / "tf1_writer.py"), str(tmp_path / "values.npz"), str(prefix)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert w.returncode == 0, w.stdout + w.stderr
+    r, _ = launch(tmp_path, 2, "restore", str(prefix))
+    assert r.returncode == 0, r.stdout + r.stderr
+    seen = check_shards(tmp_path, "restore2", 2, expected)
+    assert seen["layer0/kernel"] == 8  # one shard per device of the 4x2 mesh
