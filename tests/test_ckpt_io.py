@@ -622,3 +622,19 @@ def test_ocdbt_damage_inside_a_run_of_small_chunks_names_the_variable(tmp_path):
     del targets["layer7/w3"]  # the others still restore
     got = io.read(path, targets)
     np.testing.assert_array_equal(np.asarray(got["layer7/w4"]), arrays["layer7/w4"])
+
+
+def test_entry_metadata_is_parsed_once_read_only_and_renewed_by_a_new_save(tmp_path):
+    # Restores of thousands of variables reuse the parsed entries; a caller must not be
+    # able to change them, and a save over the same path must not see the old ones.
+    p = str(tmp_path / "ck")
+    io.write(p, {"a": np.zeros(3, np.float32)}).wait()
+    first = io.read_entries(p)
+    assert io.read_entries(p) is first
+    with pytest.raises(TypeError):
+        first["b"] = first["a"]  # type: ignore[index]
+    io.write(p, {"a": np.zeros(3, np.float32), "b": np.ones(2, np.int32)}).wait()
+    second = io.read_entries(p)
+    assert second is not first
+    assert list(second) == ["a", "b"] and second["b"].shape == (2,)
+    assert list(first) == ["a"]
