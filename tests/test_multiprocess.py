@@ -73,6 +73,10 @@ SCRIPT = textwrap.dedent(
         store = vs.initialize_all_variables()(jax.random.key(7))
         dump(store, "init")
         print("saved", saver.save(store, ckpt, global_step=5))
+        # The other layout (a file per chunk), chosen explicitly.
+        from varstore import _ckpt_io
+        values = {v.name: store[v] for v in vs.global_variables()}
+        _ckpt_io.write(os.path.join(out, "files_layout"), values, layout="files").wait()
         # A value made separately in each process is not one global array: refused everywhere.
         local = vs.VarStore({**store.to_dict(), "global_step": jax.device_put(np.int32(pid), jax.local_devices()[0])})
         try:
@@ -172,6 +176,43 @@ def test_two_processes_save_one_checkpoint_that_plain_readers_read(saved):
     assert sorted(os.listdir(tmp_path / "ckpt")) == ["checkpoint", "model.ckpt-5"]
     # Every process learnt of the commit (and the state file) before save returned.
     assert out.count(f"latest {path}") == 2
+
+
+def _layout(path) -> tuple[str, list]:
+    raw = (path / "varstore_metadata.json").read_text()
+    meta = json.loads(raw[: raw.rindex(',"metadata_checksum"')] + "}")
+    hints = [loc for e in meta["entries"].values() for loc in e.get("ocdbt_locations", {}).values()]
+    return meta["layout"], hints
+
+
+def test_small_variables_go_into_one_ocdbt_database_per_process_that_orbax_reads(saved):
+    import orbax.checkpoint as ocp
+
+    tmp_path, _ = saved
+    path = tmp_path / "ckpt" / "model.ckpt-5"
+    layout, hints = _layout(path)
+    assert layout == "ocdbt"
+    assert sorted(n for n in os.listdir(path) if n.startswith("ocdbt.process_")) == [
+        "ocdbt.process_0", "ocdbt.process_1"
+    ]
+    # The root B+tree refers to both processes' data files; the read hints point there.
+    assert {h[0].split("/")[0] for h in hints} == {"ocdbt.process_0", "ocdbt.process_1"}
+    restored = ocp.StandardCheckpointer().restore(str(path))
+    expected = reference()
+    for name, want in expected.items():
+        got = restored
+        for part in name.split("/"):
+            got = got[part]
+        np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_the_files_layout_is_still_written_when_asked_for(saved):
+    tmp_path, _ = saved
+    path = tmp_path / "files_layout"
+    assert _layout(path)[0] == "files"
+    assert not [n for n in os.listdir(path) if n.startswith("ocdbt")]
+    for name, want in reference().items():
+        np.testing.assert_array_equal(vs.train.load_variable(str(path), name), want)
 
 
 def test_a_process_local_value_is_refused_in_every_process(saved):

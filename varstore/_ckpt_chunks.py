@@ -59,7 +59,10 @@ class _ChunkReader:
         with self._kv_lock:
             fd = self._data_fds.get(fname)
             if fd is None:
-                fd = os.open(os.path.join(self.ck.path, "d", fname), os.O_RDONLY)
+                # "<file>" lies under d/, "ocdbt.process_<i>/d/<file>" under the
+                # checkpoint (validated when the metadata was parsed).
+                rel = fname if "/" in fname else os.path.join("d", fname)
+                fd = os.open(os.path.join(self.ck.path, rel), os.O_RDONLY)
                 self._data_fds[fname] = fd
             return fd
 

@@ -150,10 +150,14 @@ store, within ``VARSTORE_BARRIER_TIMEOUT`` seconds, default 30) on the tmp direc
 name, which process 0 creates, and check that every process sees the same names,
 shapes, dtypes and devices; a value that lives on different devices in different
 processes (a process-local array) is refused in every process.  Each distinct shard is
-written once, by the lowest process that holds it, with the ``"files"`` layout, and each
+written once, by the lowest process that holds it: in the ``"ocdbt"`` layout (chosen
+from the global chunk grid by the same rule as one process) into that process's own
+OCDBT database ``ocdbt.process_<i>/``, in the ``"files"`` layout as one file, and each
 process records its chunks' digests in ``varstore_chunks.process_<i>.json``.  After a
-barrier the primary process merges the parts into ``varstore_metadata.json``, writes
-Orbax's files, removes the parts and commits by the atomic rename; a final barrier
+barrier the primary process merges the parts into ``varstore_metadata.json`` and the
+per-process databases into the root one (``experimental_copy_range_to``: the root
+B+tree refers to the per-process data files, as in Orbax's multi-process checkpoints),
+writes Orbax's files, removes the parts and commits by the atomic rename; a final barrier
 tells the others the outcome (a failure in any process fails ``write`` in all).  Readers
 verify only the chunks they read, so a process restoring its own shards of any target
 sharding never touches the others' bytes.

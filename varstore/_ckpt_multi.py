@@ -9,11 +9,13 @@ is compiled and a missing process is detected by a timeout, not a hang):
    publishes its name.  After a barrier bounded by `VARSTORE_BARRIER_TIMEOUT` (30 s by
    default), every process checks the same published facts, so all of them either go
    on or raise the same `CheckpointError`.  A save called in one process only ends here.
-2. `MultiSaveJob.run`: each process writes its chunks ("files" layout) and its part
-   file ``varstore_chunks.process_<i>.json`` (chunk digests), durably, then reports
-   "ok" or its error.  After a barrier the primary checks every report, merges the
-   parts into ``varstore_metadata.json``, writes Orbax's files and commits by the atomic
-   rename; a last barrier tells everyone the outcome.  These two waits cover the peers'
+2. `MultiSaveJob.run`: each process writes its chunks (one file each, or, in the
+   "ocdbt" layout, into its own OCDBT database ``ocdbt.process_<i>/``, as Orbax does) and
+   its part file ``varstore_chunks.process_<i>.json`` (chunk digests), durably, then
+   reports "ok" or its error.  After a barrier the primary checks every report, merges
+   the parts into ``varstore_metadata.json`` (and the per-process databases into the
+   root one, which refers to their data files without copying them), writes Orbax's
+   files and commits by the atomic rename; a last barrier tells everyone the outcome.  These two waits cover the peers'
    data writes and are bounded by `WORK_TIMEOUT`; a peer that dies is noticed sooner
    by the runtime's heartbeat, which ends every process.
 """
@@ -29,16 +31,19 @@ import threading
 
 import jax
 import numpy as np
+import tensorstore as ts
 
 from ._errors import CheckpointError
 from ._ckpt_fs import _active_tmp, _fsync_path, _state_lock, _write_small_file
+from ._ckpt_format import _dtype_from_name
 from ._ckpt_plan import _WChunk
-from ._ckpt_write import _SaveJob
+from ._ckpt_write import _SaveJob, _fsync_tree, _ocdbt_context, _ocdbt_spec
 
 ENV_BARRIER_TIMEOUT = "VARSTORE_BARRIER_TIMEOUT"
 DEFAULT_BARRIER_TIMEOUT = 30.0
 WORK_TIMEOUT = 3600.0
 PART_PREFIX = "varstore_chunks.process_"
+OCDBT_PROCESS_PREFIX = "ocdbt.process_"  # Orbax's name for per-process databases
 
 __all__ = ["barrier_timeout", "sync_processes"]
 
@@ -219,6 +224,38 @@ class MultiSaveJob(_SaveJob):
             for e in self.entries
         }
 
+    def _ocdbt_db(self) -> str:
+        # Each process its own database; the primary merges them into the root (as
+        # Orbax does), so the data is never copied and no file is written twice.
+        return os.path.join(self.tmp, f"{OCDBT_PROCESS_PREFIX}{self.pid}")
+
+    def _merge_ocdbt(self) -> None:
+        """Step 2 for the OCDBT layout, in the primary: one root B+tree over every
+        process's database (their data files stay where they are), durable, with the
+        chunk location hints read from it."""
+        ctx = _ocdbt_context()
+        parent = ts.KvStore.open(_ocdbt_spec(self.tmp), context=ctx).result()
+        txn = ts.Transaction(atomic=True)
+        copies = []
+        for i in range(self.nproc):
+            db = os.path.join(self.tmp, f"{OCDBT_PROCESS_PREFIX}{i}")
+            if os.path.exists(os.path.join(db, "manifest.ocdbt")):  # wrote nothing: none
+                child = ts.KvStore.open(_ocdbt_spec(db), context=ctx).result()
+                copies.append(child.experimental_copy_range_to(parent.with_transaction(txn)))
+        for f in copies:
+            f.result()
+        txn.commit_async().result()
+        del parent, txn, copies
+        _fsync_path(os.path.join(self.tmp, "manifest.ocdbt"))
+        _fsync_tree(os.path.join(self.tmp, "d"))
+        chunks, nbytes = {}, {}
+        for e in self.entries:
+            size = math.prod(e.chunk_shape) * _dtype_from_name(e.dtype_name).itemsize
+            for c in e.chunks:
+                key = f"{e.dir}/{c.key}".encode()
+                chunks[key], nbytes[key] = c, size
+        self._index_ocdbt_values(chunks, nbytes)
+
     def _write_metadata_files(self) -> list[str]:
         """This process's part: the digests of the chunks it wrote."""
         part = {e.name: {c.key: c.digest for c in e.chunks} for e in self.entries if e.chunks}
@@ -255,6 +292,8 @@ class MultiSaveJob(_SaveJob):
                     f"{len(chunks)} of {self.n_chunks[e.name]} chunks written."
                 )
             e.chunks = [_WChunk(k, np.empty(0, np.uint8), d) for k, d in sorted(chunks.items())]
+        if self.layout == "ocdbt":
+            self._merge_ocdbt()
         meta_files = _SaveJob._write_metadata_files(self)
         for i in range(self.nproc):
             os.remove(os.path.join(self.tmp, f"{PART_PREFIX}{i}.json"))

@@ -220,7 +220,9 @@ def _parse_our_metadata(path: str, meta) -> _Ckpt:
     return _Ckpt(path, True, layout, entries, algorithm, extra)
 
 
-_DATA_FILE_RE = re.compile(r"^[0-9A-Za-z_-]{1,128}$")
+# A hint's data file: under d/ (a one-process save) or under ocdbt.process_<i>/d/ (a
+# multi-process save, whose per-process databases the root's B+tree refers to).
+_DATA_FILE_RE = re.compile(r"^(ocdbt\.process_[0-9]{1,6}/d/)?[0-9A-Za-z_-]{1,128}$")
 
 
 def read_entries(path) -> Mapping[str, EntryInfo]:

@@ -136,14 +136,30 @@ def _plan_entry(name: str, keys: tuple[str, ...], value, copy: bool) -> _WEntry:
 
 
 def _choose_layout(entries: list[_WEntry]) -> str:
-    sizes = [c.data.nbytes for e in entries for c in e.chunks]
-    if not sizes:
+    """'ocdbt' (few files) unless chunks are large: then one file per chunk."""
+    return _layout_for([(1, c.data.nbytes) for e in entries for c in e.chunks])
+
+
+def _choose_layout_global(entries: list[_WEntry]) -> str:
+    """`_choose_layout` for a multi-process save: from the global chunk grid, which is
+    the same in every process (each process holds only the chunks it writes)."""
+    counts = []
+    for e in entries:
+        n = math.prod(-(-s // c) for s, c in zip(e.shape, e.chunk_shape)) if math.prod(e.shape) else 0
+        counts.append((n, math.prod(e.chunk_shape) * _dtype_from_name(e.dtype_name).itemsize))
+    return _layout_for(counts)
+
+
+def _layout_for(chunks: list[tuple[int, int]]) -> str:
+    """The layout for chunks given as (count, bytes each)."""
+    chunks = [(n, size) for n, size in chunks if n]
+    if not chunks:
         return "ocdbt"
-    total = sum(sizes)
+    total = sum(n * size for n, size in chunks)
     if (
-        max(sizes) > _fmt._OCDBT_MAX_CHUNK_BYTES
+        max(size for _, size in chunks) > _fmt._OCDBT_MAX_CHUNK_BYTES
         or total > _fmt._OCDBT_MAX_TOTAL_BYTES
-        or total > _fmt._OCDBT_MAX_MEAN_CHUNK_BYTES * len(sizes)
+        or total > _fmt._OCDBT_MAX_MEAN_CHUNK_BYTES * sum(n for n, _ in chunks)
     ):
         return "files"
     return "ocdbt"

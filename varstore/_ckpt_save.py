@@ -28,7 +28,13 @@ from ._ckpt_hash import (
     _hash_algorithm,
 )
 from . import _ckpt_multi
-from ._ckpt_plan import _choose_layout, _plan_entry, plan_entry_multiprocess, signature
+from ._ckpt_plan import (
+    _choose_layout,
+    _choose_layout_global,
+    _plan_entry,
+    plan_entry_multiprocess,
+    signature,
+)
 from ._ckpt_write import (
     _SaveJob,
 )
@@ -110,9 +116,10 @@ def write(
     `layout`: "auto" (default), "files" or "ocdbt"; all are plain Orbax checkpoints.
 
     With several JAX processes every process calls `write` with the same path and names;
-    each writes only the shards it holds (see `_ckpt_multi`), the layout is "files", and
-    `on_commit` (if given) runs in process 0 right after the commit, before any process's
-    `write` (or the handle's `wait`) returns.
+    each writes only the shards it holds (see `_ckpt_multi`: "files", or "ocdbt" as one
+    database per process merged by process 0), and `on_commit` (if given) runs in
+    process 0 right after the commit, before any process's `write` (or the handle's
+    `wait`) returns.
     """
     path = os.path.abspath(os.fspath(path))
     base = os.path.basename(path)
@@ -131,11 +138,6 @@ def write(
         raise CheckpointError("extra_metadata must be a dict.")
     keys_by_name = _check_names(arrays.keys())
     multi = jax.process_count() > 1
-    if multi and layout == "ocdbt":
-        raise CheckpointError(
-            "A multi-process save uses the 'files' layout (every process writes its own "
-            "chunk files); layout='ocdbt' is for single-process saves."
-        )
     algorithm = _hash_algorithm()
     if algorithm != "xxh3_64":
         _log.warning("xxhash is not installed; checksumming with zlib.crc32 (slower).")
@@ -144,7 +146,9 @@ def write(
         _wait_pending()
         t_init = time.time_ns()
         if multi:
-            job = _multiprocess_job(path, arrays, keys_by_name, extra, algorithm, t_init, on_commit)
+            job = _multiprocess_job(
+                path, arrays, keys_by_name, extra, layout, algorithm, t_init, on_commit
+            )
         else:
             with _gc_paused():
                 entries = [
@@ -193,7 +197,7 @@ def _make_tmp(path: str) -> str:
     return tmp
 
 
-def _multiprocess_job(path, arrays, keys_by_name, extra, algorithm, t_init, on_commit):
+def _multiprocess_job(path, arrays, keys_by_name, extra, layout, algorithm, t_init, on_commit):
     """Plans this process's chunks and agrees with the other processes (`_ckpt_multi`)."""
     op = _ckpt_multi.new_save_op()
     entries, sig, error = [], None, None
@@ -208,8 +212,10 @@ def _multiprocess_job(path, arrays, keys_by_name, extra, algorithm, t_init, on_c
     tmp = _ckpt_multi.agree(op, path, sig, error, lambda: _make_tmp(path))
     with _state_lock:
         _active_tmp.add(tmp)
+    # After `agree` every process holds the same entries, so all choose alike.
+    chosen = _choose_layout_global(entries) if layout == "auto" else layout
     return _ckpt_multi.MultiSaveJob(
-        path, tmp, entries, extra, "files", algorithm, t_init, op=op, on_commit=on_commit
+        path, tmp, entries, extra, chosen, algorithm, t_init, op=op, on_commit=on_commit
     )
 
 

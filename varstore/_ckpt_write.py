@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -228,21 +229,20 @@ class _SaveJob:
             _run_all(_grouped([(0, lambda p=p, d=d: _fsync_path(p, d)) for p, d in paths], max_n=8))
             _fsync_path(tmp, True)
 
+    def _ocdbt_db(self) -> str:
+        """The directory of the OCDBT database this job writes its chunks into."""
+        return self.tmp
+
     def _write_ocdbt_layout(self) -> None:
-        tmp = self.tmp
+        tmp, db = self.tmp, self._ocdbt_db()
         _run_all(self._hash_tasks())
-        ctx = ts.Context({"file_io_concurrency": {"limit": 128}})
-        spec = {
-            "driver": "ocdbt",
-            "base": {"driver": "file", "path": tmp + "/"},
-            "target_data_file_size": _fmt._OCDBT_TARGET_DATA_FILE_SIZE,
-        }
-        kv = ts.KvStore.open(spec, context=ctx).result()
+        kv = ts.KvStore.open(_ocdbt_spec(db), context=_ocdbt_context()).result()
         txn = ts.Transaction()
         kvt = kv.with_transaction(txn)
         chunks: dict[bytes, _WChunk] = {}
         for e in self.entries:
-            kvt.write(f"{e.dir}/zarr.json", _zarr3_json(e.shape, e.dtype_name, e.chunk_shape))
+            if self.write_zarr_json:
+                kvt.write(f"{e.dir}/zarr.json", _zarr3_json(e.shape, e.dtype_name, e.chunk_shape))
             for c in e.chunks:
                 kvt.write(f"{e.dir}/{c.key}", c.data.tobytes())
                 chunks[f"{e.dir}/{c.key}".encode()] = c
@@ -250,17 +250,14 @@ class _SaveJob:
         del kv, kvt, txn
         # One step after the commit (empty variables were counted up front).
         self.track.bar.advance(self._data_bytes(), sum(1 for e in self.entries if e.chunks))
-        self._index_ocdbt_values(chunks)
-        self._write_metadata_files()
+        if db == tmp:  # per-process databases are indexed once merged (_ckpt_multi)
+            self._index_ocdbt_values(chunks)
+        meta_files = self._write_metadata_files()
         # TensorStore fsyncs the files it writes; make sure of them and of the directories.
-        paths = []
-        for root, dirs, files in os.walk(tmp):
-            paths += [(os.path.join(root, f), False) for f in files]
-            paths += [(os.path.join(root, d), True) for d in dirs]
-        _run_all([(lambda p=p, isdir=isdir: _fsync_path(p, isdir)) for p, isdir in paths])
+        _fsync_tree(db, meta_files)
         _fsync_path(tmp, True)
 
-    def _index_ocdbt_values(self, chunks: dict[bytes, _WChunk]) -> None:
+    def _index_ocdbt_values(self, chunks: dict[bytes, _WChunk], nbytes=None) -> None:
         """Records where OCDBT put each chunk inside its data files (a read-side shortcut).
 
         TensorStore stores values longer than its inline limit verbatim in data files
@@ -283,7 +280,12 @@ class _SaveJob:
                             (entry["location"], prefix + entry.get("subtree_common_prefix", b""))
                         )
                     elif "indirect_value" in entry:
-                        _record_location(chunks.get(prefix + entry["key"]), entry["indirect_value"])
+                        key = prefix + entry["key"]
+                        _record_location(
+                            chunks.get(key),
+                            entry["indirect_value"],
+                            None if nbytes is None else nbytes.get(key),
+                        )
         except Exception as e:  # noqa: BLE001 - hints only: a checkpoint without them is valid
             _log.debug("No OCDBT location hints for %r: %s", self.tmp, e)
 
@@ -399,11 +401,42 @@ class _SaveJob:
                 e.chunks = [_WChunk(c.key, np.empty(0, np.uint8), c.digest) for c in e.chunks]
 
 
-def _record_location(chunk: _WChunk | None, reference: str) -> None:
-    """Sets `chunk.loc` from a dump reference ``value::d/<file>:<offset>:<length>``."""
+def _record_location(chunk: _WChunk | None, reference: str, nbytes: int | None = None) -> None:
+    """Sets `chunk.loc` from a dump reference ``value:<db>:d/<file>:<offset>:<length>``.
+
+    ``<db>`` is empty for the root database and ``ocdbt.process_<i>/`` for the
+    per-process databases a multi-process save merges; `nbytes` is the chunk's size
+    when `chunk.data` no longer holds it.
+    """
     if chunk is None:
         return
     where, offset, length = reference.rsplit(":", 2)
-    directory, _, fname = where.rpartition("/")
-    if directory.endswith(":d") and fname and int(length) == chunk.data.nbytes:
-        chunk.loc = (fname, int(offset))
+    kind, _, rest = where.partition(":")
+    db, sep, fname = rest.rpartition(":d/")
+    if kind != "value" or not sep or not fname or "/" in fname:
+        return
+    if db and not re.fullmatch(r"ocdbt\.process_[0-9]{1,6}/", db):
+        return
+    if int(length) == (chunk.data.nbytes if nbytes is None else nbytes):
+        chunk.loc = (f"{db}d/{fname}" if db else fname, int(offset))
+
+
+def _ocdbt_spec(db: str) -> dict:
+    return {
+        "driver": "ocdbt",
+        "base": {"driver": "file", "path": db + "/"},
+        "target_data_file_size": _fmt._OCDBT_TARGET_DATA_FILE_SIZE,
+    }
+
+
+def _ocdbt_context():
+    return ts.Context({"file_io_concurrency": {"limit": 128}})
+
+
+def _fsync_tree(root: str, extra: list[str] = ()) -> None:
+    """fsyncs every file and directory under `root`, and the files in `extra`."""
+    paths = {p: False for p in extra}
+    for d, dirs, files in os.walk(root):
+        paths.update((os.path.join(d, f), False) for f in files)
+        paths.update((os.path.join(d, x), True) for x in dirs)
+    _run_all([(lambda p=p, isdir=isdir: _fsync_path(p, isdir)) for p, isdir in paths.items()])
