@@ -77,6 +77,10 @@ SCRIPT = textwrap.dedent(
         from varstore import _ckpt_io
         values = {v.name: store[v] for v in vs.global_variables()}
         _ckpt_io.write(os.path.join(out, "files_layout"), values, layout="files").wait()
+        # A background save: every process returns at once, then waits for the commit.
+        background = vs.train.Saver()
+        background.save(store, os.path.join(out, "async", "model.ckpt"), global_step=1, blocking=False)
+        background.wait_until_finished()
         # A value made separately in each process is not one global array: refused everywhere.
         local = vs.VarStore({**store.to_dict(), "global_step": jax.device_put(np.int32(pid), jax.local_devices()[0])})
         try:
@@ -204,6 +208,15 @@ def test_small_variables_go_into_one_ocdbt_database_per_process_that_orbax_reads
         for part in name.split("/"):
             got = got[part]
         np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_a_background_save_from_two_processes_commits_one_checkpoint(saved):
+    tmp_path, _ = saved
+    path = tmp_path / "async" / "model.ckpt-1"
+    assert _layout(path)[0] == "ocdbt"
+    assert vs.train.latest_checkpoint(str(tmp_path / "async")) == str(path)
+    for name, want in reference().items():
+        np.testing.assert_array_equal(vs.train.load_variable(str(path), name), want)
 
 
 def test_the_files_layout_is_still_written_when_asked_for(saved):
