@@ -434,8 +434,9 @@ def _ocdbt_context():
 
 
 def _fsync_tree(root: str, extra: list[str] = ()) -> None:
-    """fsyncs every file and directory under `root`, and the files in `extra`."""
+    """fsyncs `root`, every file and directory under it, and the files in `extra`."""
     paths = {p: False for p in extra}
+    paths[root] = True
     for d, dirs, files in os.walk(root):
         paths.update((os.path.join(d, f), False) for f in files)
         paths.update((os.path.join(d, x), True) for x in dirs)
