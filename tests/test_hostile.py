@@ -333,6 +333,13 @@ OUR_TAMPERING = {
     "ocdbt-location-escape": lambda m, out: m["entries"]["w"].update(
         {"ocdbt_locations": {"0": ["../../../w/0", 0]}}
     ),
+    # Hints of multi-process saves name files under ocdbt.process_<i>/d/.
+    "ocdbt-process-location-escape": lambda m, out: m["entries"]["w"].update(
+        {"ocdbt_locations": {"0": ["ocdbt.process_0/d/../../../w/0", 0]}}
+    ),
+    "ocdbt-process-location-absolute": lambda m, out: m["entries"]["w"].update(
+        {"ocdbt_locations": {"0": ["ocdbt.process_0/d/" + out + "/w/0", 0]}}
+    ),
 }
 
 
@@ -499,3 +506,30 @@ def test_pickles_inside_a_checkpoint_are_never_executed(tmp_path, capsys):
     with pytest.raises(vs.CheckpointError):
         vs.train.load_variable(str(foreign), "w")
     assert not os.path.exists(sentinel)
+
+
+@pytest.mark.parametrize(
+    "fname, kept",
+    [
+        ("0123abcd", True),  # under d/
+        ("ocdbt.process_3/d/0123abcd", True),  # a multi-process save's database
+        ("../w/0", False),
+        ("d/../../w", False),
+        ("ocdbt.process_0/d/../../../w/0", False),
+        ("ocdbt.process_0/../d/0123abcd", False),
+        ("ocdbt.process_x/d/0123abcd", False),
+        ("/etc/passwd", False),
+        ("ocdbt.process_0/d//etc/passwd", False),
+    ],
+)
+def test_chunk_location_hints_only_name_data_files_inside(tmp_path, fname, kept):
+    from varstore import _ckpt_io
+
+    ckpt = tmp_path / "ckpt"
+    _ckpt_io.write(str(ckpt), {"w": np.arange(6, dtype=np.float32)}, layout="ocdbt")
+    meta = json.loads((ckpt / "varstore_metadata.json").read_text())
+    meta["entries"]["w"]["ocdbt_locations"] = {"0": [fname, 0]}
+    (ckpt / "varstore_metadata.json").write_bytes(sealed(meta))
+    locs = _ckpt_io._open_ckpt(str(ckpt)).entries["w"].locs or {}
+    assert (locs.get("0") == (fname, 0)) is kept
+    np.testing.assert_array_equal(vs.train.load_variable(str(ckpt), "w"), np.arange(6))
