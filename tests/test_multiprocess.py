@@ -103,6 +103,15 @@ SCRIPT = textwrap.dedent(
             else:
                 saver.restore(ckpt + "-5")
         time.sleep(120)
+    elif mode == "mixed_layouts":  # a programming error: refused alike everywhere
+        from varstore import _ckpt_io
+        store = vs.initialize_all_variables()(jax.random.key(7))
+        values = {v.name: store[v] for v in vs.global_variables()}
+        try:
+            _ckpt_io.write(os.path.join(out, "mixed"), values, layout="files" if pid == 0 else "ocdbt")
+        except vs.CheckpointError as e:
+            print("refused:", e)
+        assert not os.path.exists(os.path.join(out, "mixed"))
     elif mode == "killed":
         store = vs.initialize_all_variables()(jax.random.key(7))
         if pid == 1:
@@ -259,6 +268,14 @@ def test_save_or_restore_in_one_process_only_fails_fast(tmp_path, what):
     assert "CheckpointError" in r.stdout
     assert "not every JAX process got there within 4 s" in r.stdout
     assert "VARSTORE_BARRIER_TIMEOUT" in r.stdout
+
+
+def test_processes_asking_for_different_layouts_are_refused_alike(tmp_path):
+    r, _ = launch(tmp_path, 2, "mixed_layouts")
+    assert r.returncode == 0, r.stdout + r.stderr
+    refused = [line for line in r.stdout.splitlines() if "refused:" in line]
+    assert len(refused) == 2
+    assert all("in different layouts: process 0 as 'files', process 1 as 'ocdbt'" in x for x in refused)
 
 
 def test_a_killed_process_ends_the_others(tmp_path):

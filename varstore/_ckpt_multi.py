@@ -15,9 +15,10 @@ is compiled and a missing process is detected by a timeout, not a hang):
    reports "ok" or its error.  After a barrier the primary checks every report, merges
    the parts into ``varstore_metadata.json`` (and the per-process databases into the
    root one, which refers to their data files without copying them), writes Orbax's
-   files and commits by the atomic rename; a last barrier tells everyone the outcome.  These two waits cover the peers'
-   data writes and are bounded by `WORK_TIMEOUT`; a peer that dies is noticed sooner
-   by the runtime's heartbeat, which ends every process.
+   files and commits by the atomic rename; a last barrier tells everyone the outcome.
+   These two waits cover the peers' data writes and are bounded by `WORK_TIMEOUT`; a
+   peer that dies is noticed sooner by the runtime's heartbeat, which ends every
+   process.
 """
 
 from __future__ import annotations
@@ -124,8 +125,12 @@ def new_save_op() -> str:
     return _next_op("save")
 
 
-def agree(op: str, path: str, sig: dict | None, error: str | None, make_tmp) -> str:
-    """Step 1 of a multi-process save (see the module docstring); returns the tmp dir."""
+def agree(
+    op: str, path: str, sig: dict | None, error: str | None, make_tmp, layout: str = "files"
+) -> str:
+    """Step 1 of a multi-process save (see the module docstring); returns the tmp dir.
+
+    `layout` is the one this process would write; all must name the same one."""
     client = _client()
     pid, n = jax.process_index(), jax.process_count()
     tmp = None
@@ -134,7 +139,7 @@ def agree(op: str, path: str, sig: dict | None, error: str | None, make_tmp) -> 
             tmp = make_tmp()
         except CheckpointError as e:
             error = str(e)
-    hello = {"path": path, "sig": sig, "error": error, "tmp": tmp}
+    hello = {"path": path, "sig": sig, "error": error, "tmp": tmp, "layout": layout}
     client.key_value_set(f"{op}/hello/{pid}", json.dumps(hello))
     try:
         _barrier(f"{op}/start", barrier_timeout(), f"Saving checkpoint {path!r}")
@@ -204,6 +209,13 @@ def _disagreement(parts: list[dict]) -> str | None:
                     "in each process (e.g. on each process's default device) cannot be "
                     f"saved as one entry. Checkpoint {first['path']!r} was not written."
                 )
+    for i, p in enumerate(parts[1:], 1):  # same entries, so only an explicit layout differs
+        if p.get("layout") != first.get("layout"):
+            return (
+                f"The JAX processes save {first['path']!r} in different layouts: process 0 "
+                f"as {first.get('layout')!r}, process {i} as {p.get('layout')!r}. Every "
+                "process must call write with the same layout."
+            )
     return None
 
 

@@ -209,11 +209,12 @@ def _multiprocess_job(path, arrays, keys_by_name, extra, layout, algorithm, t_in
             sig = {e.name: signature(e, arrays[e.name]) for e in entries}
     except CheckpointError as e:
         error = str(e)  # told to every process, so that all of them fail alike
-    tmp = _ckpt_multi.agree(op, path, sig, error, lambda: _make_tmp(path))
+    # From the global chunk grid, the same in every process once `agree` has checked
+    # that all hold the same entries; `agree` also checks that all chose alike.
+    chosen = _choose_layout_global(entries) if layout == "auto" else layout
+    tmp = _ckpt_multi.agree(op, path, sig, error, lambda: _make_tmp(path), chosen)
     with _state_lock:
         _active_tmp.add(tmp)
-    # After `agree` every process holds the same entries, so all choose alike.
-    chosen = _choose_layout_global(entries) if layout == "auto" else layout
     return _ckpt_multi.MultiSaveJob(
         path, tmp, entries, extra, chosen, algorithm, t_init, op=op, on_commit=on_commit
     )
