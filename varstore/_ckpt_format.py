@@ -51,6 +51,9 @@ _SMALL_FILE_BYTES = 1 << 20  # files below this are grouped into one task per ba
 _FUSED_BLOCK = 1 << 20  # I/O is hashed in pieces of this size while they are in the CPU cache
 _SMALL_BATCH = 32
 _SYNCFS_MIN_FILES = 512  # "files" layout with more files than this: one syncfs, not N fsyncs
+# The per-process OCDBT databases of a multi-process save (Orbax's names), as a regex
+# prefix of a data file path inside the checkpoint.
+_PROCESS_DB_RE = r"ocdbt\.process_[0-9]{1,6}/"
 _OCDBT_TARGET_DATA_FILE_SIZE = 256 << 20
 _ALIGN = 64  # XLA's CPU client adopts host buffers aligned to this without a copy
 

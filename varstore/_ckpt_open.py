@@ -22,6 +22,7 @@ from ._ckpt_format import (
     VARSTORE_METADATA,
     _OLD_MARK,
     _ORBAX_TMP_MARK,
+    _PROCESS_DB_RE,
     _TMP_MARK,
     _as_dim,
     _dtype_from_name,
@@ -64,7 +65,9 @@ class _Ckpt:
     algorithm: str | None = None
     extra: dict | None = None
     fill_missing: bool = False
-    infos: Mapping[str, EntryInfo] | None = dataclasses.field(default=None, repr=False, compare=False)
+    infos: Mapping[str, EntryInfo] | None = dataclasses.field(  # read_entries' cache
+        default=None, repr=False, compare=False
+    )
 
     def kvstore_spec(self, d: str | None = None) -> dict:
         if self.layout == "ocdbt":
@@ -222,7 +225,7 @@ def _parse_our_metadata(path: str, meta) -> _Ckpt:
 
 # A hint's data file: under d/ (a one-process save) or under ocdbt.process_<i>/d/ (a
 # multi-process save, whose per-process databases the root's B+tree refers to).
-_DATA_FILE_RE = re.compile(r"^(ocdbt\.process_[0-9]{1,6}/d/)?[0-9A-Za-z_-]{1,128}$")
+_DATA_FILE_RE = re.compile(rf"^({_PROCESS_DB_RE}d/)?[0-9A-Za-z_-]{{1,128}}$")
 
 
 def read_entries(path) -> Mapping[str, EntryInfo]:

@@ -415,7 +415,7 @@ def _record_location(chunk: _WChunk | None, reference: str, nbytes: int | None =
     db, sep, fname = rest.rpartition(":d/")
     if kind != "value" or not sep or not fname or "/" in fname:
         return
-    if db and not re.fullmatch(r"ocdbt\.process_[0-9]{1,6}/", db):
+    if db and not re.fullmatch(_fmt._PROCESS_DB_RE, db):
         return
     if int(length) == (chunk.data.nbytes if nbytes is None else nbytes):
         chunk.loc = (f"{db}d/{fname}" if db else fname, int(offset))
