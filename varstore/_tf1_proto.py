@@ -73,15 +73,21 @@ def _as_signed(value: int, bits: int) -> int:
     return value
 
 
-def _int_field(fields: dict, number: int, bits: int = 64, default: int = 0) -> int:
-    """A singular int32/int64/enum field (last value wins, as in protobuf)."""
+def _last(fields: dict, number: int, wire: int, what: str):
+    """A singular field's value (the last one wins, as in protobuf), or None if absent."""
     values = fields.get(number)
     if not values:
-        return default
-    wire, value = values[-1]
-    if wire != _WIRE_VARINT:
-        raise _FormatError("field %d: expected a varint, found wire type %d" % (number, wire))
-    return _as_signed(value, bits)
+        return None
+    found, value = values[-1]
+    if found != wire:
+        raise _FormatError("field %d: expected %s, found wire type %d" % (number, what, found))
+    return value
+
+
+def _int_field(fields: dict, number: int, bits: int = 64, default: int = 0) -> int:
+    """A singular int32/int64/enum field."""
+    value = _last(fields, number, _WIRE_VARINT, "a varint")
+    return default if value is None else _as_signed(value, bits)
 
 
 def _repeated_ints(fields: dict, number: int, bits: int = 64) -> list[int]:
@@ -101,13 +107,7 @@ def _repeated_ints(fields: dict, number: int, bits: int = 64) -> list[int]:
 
 
 def _fixed32_field(fields: dict, number: int) -> int | None:
-    values = fields.get(number)
-    if not values:
-        return None
-    wire, value = values[-1]
-    if wire != _WIRE_I32:
-        raise _FormatError("field %d: expected fixed32, found wire type %d" % (number, wire))
-    return value
+    return _last(fields, number, _WIRE_I32, "fixed32")
 
 
 def _message_fields(fields: dict, number: int) -> list[bytes]:
