@@ -255,7 +255,8 @@ class _SaveJob:
         meta_files = self._write_metadata_files()
         # TensorStore fsyncs the files it writes; make sure of them and of the directories.
         _fsync_tree(db, meta_files)
-        _fsync_path(tmp, True)
+        if db != tmp:  # the per-process database's entry in tmp
+            _fsync_path(tmp, True)
 
     def _index_ocdbt_values(self, chunks: dict[bytes, _WChunk], nbytes=None) -> None:
         """Records where OCDBT put each chunk inside its data files (a read-side shortcut).
